@@ -1,0 +1,159 @@
+//! Parts shared by both kinds: the output Secret, references, rollout targets, timing
+//! fields and the status.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Secret types that make Kubernetes mint credentials of its own; vaultsync refuses them.
+pub const FORBIDDEN_SECRET_TYPES: [&str; 2] = [
+    "kubernetes.io/service-account-token",
+    "bootstrap.kubernetes.io/token",
+];
+
+/// CEL: a duration written as one or more number+unit pairs, such as `30s`, `5m`, `1h30m`.
+pub(crate) const DURATION_RULE: &str = "self.matches('^([0-9]+(s|m|h))+$')";
+pub(crate) const DURATION_MESSAGE: &str =
+    "must be a duration written like 30s, 5m, 1h or 1h30m (units: s, m, h)";
+
+/// CEL: a DNS-1123 subdomain, the rule for Secret and object names.
+pub(crate) const DNS_SUBDOMAIN_RULE: &str = "size(self) <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
+pub(crate) const DNS_SUBDOMAIN_MESSAGE: &str = "must be a valid Kubernetes object name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters";
+
+/// Where the synced copy is written. The Secret always lives in the namespace of the
+/// resource that declares it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTarget {
+    /// Name of the Secret to create in this resource's namespace. Defaults to the
+    /// resource's own name. vaultsync never overwrites a Secret it did not create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(DNS_SUBDOMAIN_RULE).message(DNS_SUBDOMAIN_MESSAGE))]
+    #[schemars(length(max = 253))]
+    pub name: Option<String>,
+
+    /// Kubernetes Secret type, for example `Opaque` (the default), `kubernetes.io/tls`,
+    /// `kubernetes.io/basic-auth` or `kubernetes.io/dockerconfigjson`. The types
+    /// `kubernetes.io/service-account-token` and `bootstrap.kubernetes.io/token` are
+    /// refused because they make Kubernetes mint credentials.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self != 'kubernetes.io/service-account-token' && self != 'bootstrap.kubernetes.io/token'").message("types kubernetes.io/service-account-token and bootstrap.kubernetes.io/token are not allowed: they make Kubernetes mint credentials; use Opaque or another type"))]
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("must not be empty: leave type out for Opaque"))]
+    #[schemars(length(max = 253))]
+    pub type_: Option<String>,
+
+    /// Extra labels to put on the Secret. The label `app.kubernetes.io/managed-by` is
+    /// always set to `vaultsync`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+
+    /// Extra annotations to put on the Secret. Annotations under `vaultsync.dev/` are
+    /// reserved for the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+
+    /// Optional templates, one per output key. Each value is a sandboxed template over
+    /// the fetched keys, for example `postgres://{{ username }}:{{ password }}@db:5432/app`.
+    /// When set, only the templated keys are written. Templates cannot read files,
+    /// environment variables, the network or cluster objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self.all(k, size(k) <= 253 && k.matches('^[-._a-zA-Z0-9]+$'))").message("template keys must be valid Secret keys: letters, digits, '-', '_' and '.', at most 253 characters"))]
+    pub template: Option<BTreeMap<String, String>>,
+}
+
+/// A key in a Secret of this resource's namespace. There is no namespace field on
+/// purpose: references never cross namespaces.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the same namespace as this resource.
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("name the Secret that holds the value"))]
+    #[schemars(length(max = 253))]
+    pub name: String,
+    /// Key within that Secret's data.
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("name the key within the Secret"))]
+    #[schemars(length(max = 253))]
+    pub key: String,
+}
+
+/// The kinds of workload that can be restarted when the synced data changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+/// A workload in this resource's namespace whose pods are restarted (by a pod-template
+/// annotation bump, like `kubectl rollout restart`) when the synced data changes. A
+/// refresh that finds the same data restarts nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRestartTarget {
+    /// Kind of the workload: `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: WorkloadKind,
+    /// Name of the workload, in the same namespace as this resource.
+    #[x_kube(validation = kube::core::Rule::new(DNS_SUBDOMAIN_RULE).message(DNS_SUBDOMAIN_MESSAGE))]
+    #[schemars(length(max = 253))]
+    pub name: String,
+}
+
+/// State of a dynamic secret's lease, kept in status so that a restarted or newly
+/// elected operator carries on without issuing new credentials.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseStatus {
+    /// Vault lease identifier (not a credential by itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Lease duration granted at the last issue or renewal, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<i64>,
+    /// Whether Vault allows the lease to be renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewable: Option<bool>,
+    /// When the lease ends unless it is renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+}
+
+/// Observed state, written by the operator. It never contains a secret value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// Conditions in the standard Kubernetes shape. `Ready` is True when the Secret holds
+    /// current data; when False, `reason` says why (`BackendUnavailable`, `AuthFailed`,
+    /// `NotFound`, `InvalidSpec`, `InvalidData`, `Conflict`, ...) and `message` what to do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` that the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Name of the managed Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// When the source was last read successfully.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+    /// When the managed Secret expires and is deleted unless a refresh succeeds first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// When the operator will next read the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_refresh_time: Option<Time>,
+    /// Version of the source that the Secret holds (KV version, Key Vault object version,
+    /// lease or certificate serial).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_version: Option<String>,
+    /// Lease of a dynamic source (database credentials); absent for static sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseStatus>,
+    /// Keyed HMAC-SHA256 of the Secret's data, to tell whether content changed. The key is
+    /// held by the operator, so this reveals nothing about the values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_hmac: Option<String>,
+}

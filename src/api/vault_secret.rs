@@ -1,0 +1,247 @@
+//! `VaultSecret`: a Secret synced from HashiCorp Vault or OpenBao.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    DURATION_MESSAGE, DURATION_RULE, RolloutRestartTarget, SecretKeyRef, SecretTarget, SyncStatus,
+};
+
+const NON_EMPTY: &str = "self != ''";
+
+/// Syncs one Vault or OpenBao source (a KV secret, dynamic database credentials or a PKI
+/// certificate) into a short-lived Secret in this namespace. The copy is refreshed on
+/// schedule, restored if edited or deleted, and deleted when it expires.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "vaultsync.dev",
+    version = "v1alpha1",
+    kind = "VaultSecret",
+    namespaced,
+    shortname = "vs",
+    category = "vaultsync",
+    status = "SyncStatus",
+    doc = "VaultSecret syncs a secret from HashiCorp Vault or OpenBao into a short-lived, owner-referenced Secret in its namespace.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    printcolumn(name = "Last Sync", type_ = "date", json_path = ".status.lastSyncTime"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.ttl) || !has(self.refreshInterval) || duration(self.ttl) > duration(self.refreshInterval)").message("ttl must be longer than refreshInterval, or every copy would expire before its next refresh"))]
+#[serde(rename_all = "camelCase")]
+pub struct VaultSecretSpec {
+    /// Where to read from: the connection, how to log in, and exactly one source
+    /// (`kv`, `database` or `pki`).
+    pub vault: VaultSource,
+
+    /// The Secret to write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<VaultOutput>,
+
+    /// How often to read a static (`kv`) source again, such as `1h`. Dynamic and PKI
+    /// sources rotate from their lease or certificate lifetime instead. Defaults to the
+    /// operator's configured default; never shorter than its configured minimum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub refresh_interval: Option<String>,
+
+    /// How long a copy stays valid without a successful refresh, such as `3h`. Once it
+    /// passes, the Secret is deleted, so a copy outlives its source's reachability by at
+    /// most this long. Defaults to the operator's configured default ttl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub ttl: Option<String>,
+
+    /// For `database` and `pki` sources: renew or re-issue when this percentage of the
+    /// lease or certificate lifetime has passed. Between 1 and 90; default 67.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 90").message("renewalPercent must be between 1 and 90"))]
+    pub renewal_percent: Option<i32>,
+
+    /// Workloads in this namespace to restart when the synced data changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub rollout_restart_targets: Option<Vec<RolloutRestartTarget>>,
+}
+
+/// The Vault connection, authentication and source.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("(has(self.kv) ? 1 : 0) + (has(self.database) ? 1 : 0) + (has(self.pki) ? 1 : 0) == 1").message("set exactly one source: spec.vault.kv, spec.vault.database or spec.vault.pki"))]
+#[serde(rename_all = "camelCase")]
+pub struct VaultSource {
+    /// Name of a Vault connection defined by the cluster administrator in the operator's
+    /// configuration. The address and CA come from there, never from this resource.
+    /// Defaults to `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("connection must not be empty: leave it out to use the default connection"))]
+    #[schemars(length(max = 63))]
+    pub connection: Option<String>,
+
+    /// How to log in to Vault. When absent, the connection's default auth applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<VaultAuth>,
+
+    /// Read a static secret from a KV (version 1 or 2) mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv: Option<KvSource>,
+
+    /// Issue dynamic database credentials with a lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseSource>,
+
+    /// Issue a certificate from a PKI mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pki: Option<PkiSource>,
+}
+
+/// Vault login. Set exactly one method.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("(has(self.kubernetes) ? 1 : 0) + (has(self.appRole) ? 1 : 0) + (has(self.token) ? 1 : 0) == 1").message("set exactly one auth method: kubernetes, appRole or token"))]
+#[serde(rename_all = "camelCase")]
+pub struct VaultAuth {
+    /// Log in with Vault's Kubernetes auth as a service account of this namespace. The
+    /// operator requests a short-lived token for that service account, so Vault policy
+    /// decides what this tenant may read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesAuth>,
+
+    /// Log in with AppRole; the secret-id comes from a Secret in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_role: Option<AppRoleAuth>,
+
+    /// Use a Vault token stored in a Secret in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenAuth>,
+}
+
+/// Vault Kubernetes auth as a service account of this namespace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesAuth {
+    /// Vault role to log in with, as configured on the Kubernetes auth mount.
+    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("role must name a Vault Kubernetes auth role"))]
+    #[schemars(length(max = 253))]
+    pub role: String,
+    /// Service account in this namespace whose identity is used. Defaults to `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("serviceAccountName must not be empty: leave it out to use the default service account"))]
+    #[schemars(length(max = 253))]
+    pub service_account_name: Option<String>,
+    /// Path of the Kubernetes auth mount. Defaults to the connection's setting, usually
+    /// `kubernetes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("mount must not be empty: leave it out for the connection's default"))]
+    #[schemars(length(max = 253))]
+    pub mount: Option<String>,
+}
+
+/// Vault AppRole login.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRoleAuth {
+    /// The AppRole role-id (not secret by itself).
+    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("roleId must not be empty"))]
+    #[schemars(length(max = 253))]
+    pub role_id: String,
+    /// The Secret key in this namespace holding the secret-id.
+    pub secret_id_ref: SecretKeyRef,
+    /// Path of the AppRole auth mount. Defaults to `approle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("mount must not be empty: leave it out for approle"))]
+    #[schemars(length(max = 253))]
+    pub mount: Option<String>,
+}
+
+/// A Vault token read from a Secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenAuth {
+    /// The Secret key in this namespace holding the token.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A static secret in a KV mount. The KV version (1 or 2) is detected per mount, or set
+/// by the administrator on the connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KvSource {
+    /// Path of the KV mount, such as `secret`.
+    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("mount must name a KV mount, such as secret"))]
+    #[schemars(length(max = 253))]
+    pub mount: String,
+    /// Path of the secret within the mount, such as `accounts/aws`.
+    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("path must name a secret within the mount, such as accounts/aws"))]
+    #[schemars(length(max = 1024))]
+    pub path: String,
+    /// KV v2 only: pin this version instead of following the latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1").message("version must be 1 or higher; leave it out to follow the latest version"))]
+    pub version: Option<i64>,
+    /// Copy only these keys of the secret. All keys when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self.all(k, k != '')").message("keys must not contain empty names"))]
+    #[schemars(length(max = 1024))]
+    pub keys: Option<Vec<String>>,
+}
+
+/// Dynamic database credentials from Vault's database secrets engine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSource {
+    /// Path of the database secrets engine mount, such as `database`.
+    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("mount must name a database secrets engine mount, such as database"))]
+    #[schemars(length(max = 253))]
+    pub mount: String,
+    /// Role to issue credentials for (`{mount}/creds/{role}`).
+    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("role must name a database role"))]
+    #[schemars(length(max = 253))]
+    pub role: String,
+}
+
+/// A certificate issued by Vault's PKI secrets engine, written as a
+/// `kubernetes.io/tls` Secret (`tls.crt` with the chain, `tls.key`, `ca.crt`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PkiSource {
+    /// Path of the PKI mount, such as `pki`.
+    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("mount must name a PKI mount, such as pki"))]
+    #[schemars(length(max = 253))]
+    pub mount: String,
+    /// PKI role to issue with (`{mount}/issue/{role}`).
+    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("role must name a PKI role"))]
+    #[schemars(length(max = 253))]
+    pub role: String,
+    /// Common name of the certificate.
+    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("commonName must not be empty"))]
+    #[schemars(length(max = 253))]
+    pub common_name: String,
+    /// DNS subject alternative names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
+    pub alt_names: Option<Vec<String>>,
+    /// IP subject alternative names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
+    pub ip_sans: Option<Vec<String>>,
+    /// Requested certificate lifetime, such as `24h`. The role's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub ttl: Option<String>,
+    /// Revoke the previous certificate after a rotation has been written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_on_rotate: Option<bool>,
+}
+
+/// What to write.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultOutput {
+    /// The Secret to create in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretTarget>,
+}

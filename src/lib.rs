@@ -1,0 +1,4 @@
+#![forbid(unsafe_code)]
+//! vaultsync: syncs short-lived, owner-referenced Secrets from external vaults.
+
+pub mod api;
