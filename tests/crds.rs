@@ -12,9 +12,11 @@ use serde_json::{Value, json};
 #[test]
 fn committed_crds_match_the_rust_types() {
     let generated = vaultsync::api::crds_yaml().expect("CRDs serialize");
-    let committed =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/vaultsync.dev.yaml"))
-            .expect("crds/vaultsync.dev.yaml exists: run `make crds`");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/vaultsync.dev.yaml"
+    ))
+    .expect("crds/vaultsync.dev.yaml exists: run `make crds`");
     assert!(
         generated == committed,
         "crds/vaultsync.dev.yaml differs from what the Rust types generate: run `make crds` and commit"
@@ -42,16 +44,28 @@ fn every_field_is_documented() {
     let mut missing = Vec::new();
     for crd in [
         serde_json::to_value(<vaultsync::api::VaultSecret as kube::CustomResourceExt>::crd()),
-        serde_json::to_value(<vaultsync::api::AzureKeyVaultSecret as kube::CustomResourceExt>::crd()),
+        serde_json::to_value(
+            <vaultsync::api::AzureKeyVaultSecret as kube::CustomResourceExt>::crd(),
+        ),
     ] {
         let crd = crd.expect("crd json");
-        let kind = crd["spec"]["names"]["kind"].as_str().unwrap_or_default().to_string();
+        let kind = crd["spec"]["names"]["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
         for part in ["spec", "status"] {
-            walk(&format!("{kind}.{part}"), &schema["properties"][part], &mut missing);
+            walk(
+                &format!("{kind}.{part}"),
+                &schema["properties"][part],
+                &mut missing,
+            );
         }
     }
-    assert!(missing.is_empty(), "fields without a description: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "fields without a description: {missing:?}"
+    );
 }
 
 fn resource(kind: &str) -> ApiResource {
@@ -64,7 +78,9 @@ async fn dry_run_apply(client: &kube::Client, ns: &str, manifest: &Value) -> Res
     let kind = manifest["kind"].as_str().expect("kind");
     let name = manifest["metadata"]["name"].as_str().expect("name");
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource(kind));
-    let params = PatchParams::apply("vaultsync-tests").dry_run().validation_strict();
+    let params = PatchParams::apply("vaultsync-tests")
+        .dry_run()
+        .validation_strict();
     api.patch(name, &params, &Patch::Apply(manifest))
         .await
         .map(|_| ())
@@ -105,7 +121,9 @@ fn malformed() -> Vec<(&'static str, Value, &'static str)> {
         ),
         (
             "two sources",
-            vault_secret(json!({"vault": {"kv": kv(), "database": {"mount": "database", "role": "app"}}})),
+            vault_secret(
+                json!({"vault": {"kv": kv(), "database": {"mount": "database", "role": "app"}}}),
+            ),
             "set exactly one source",
         ),
         (
@@ -120,12 +138,16 @@ fn malformed() -> Vec<(&'static str, Value, &'static str)> {
         ),
         (
             "renewalPercent too high",
-            vault_secret(json!({"vault": {"database": {"mount": "database", "role": "app"}}, "renewalPercent": 95})),
+            vault_secret(
+                json!({"vault": {"database": {"mount": "database", "role": "app"}}, "renewalPercent": 95}),
+            ),
             "renewalPercent must be between 1 and 90",
         ),
         (
             "renewalPercent zero",
-            vault_secret(json!({"vault": {"database": {"mount": "database", "role": "app"}}, "renewalPercent": 0})),
+            vault_secret(
+                json!({"vault": {"database": {"mount": "database", "role": "app"}}, "renewalPercent": 0}),
+            ),
             "renewalPercent must be between 1 and 90",
         ),
         (
@@ -140,12 +162,16 @@ fn malformed() -> Vec<(&'static str, Value, &'static str)> {
         ),
         (
             "service-account-token output",
-            vault_secret(json!({"vault": {"kv": kv()}, "output": {"secret": {"type": "kubernetes.io/service-account-token"}}})),
+            vault_secret(
+                json!({"vault": {"kv": kv()}, "output": {"secret": {"type": "kubernetes.io/service-account-token"}}}),
+            ),
             "they make Kubernetes mint credentials",
         ),
         (
             "bootstrap token output",
-            azure_secret(json!({"vault": {"name": "kv1", "object": akv_object()}, "output": {"secret": {"type": "bootstrap.kubernetes.io/token"}}})),
+            azure_secret(
+                json!({"vault": {"name": "kv1", "object": akv_object()}, "output": {"secret": {"type": "bootstrap.kubernetes.io/token"}}}),
+            ),
             "they make Kubernetes mint credentials",
         ),
         (
@@ -155,27 +181,37 @@ fn malformed() -> Vec<(&'static str, Value, &'static str)> {
         ),
         (
             "ttl equal to refreshInterval (Azure)",
-            azure_secret(json!({"vault": {"name": "kv1", "object": akv_object()}, "refreshInterval": "60m", "ttl": "1h"})),
+            azure_secret(
+                json!({"vault": {"name": "kv1", "object": akv_object()}, "refreshInterval": "60m", "ttl": "1h"}),
+            ),
             "ttl must be longer than refreshInterval",
         ),
         (
             "vault address in the resource",
-            vault_secret(json!({"vault": {"address": "https://attacker.example:8200", "kv": kv()}})),
+            vault_secret(
+                json!({"vault": {"address": "https://attacker.example:8200", "kv": kv()}}),
+            ),
             "unknown field \"spec.vault.address\"",
         ),
         (
             "key vault URL instead of a name",
-            azure_secret(json!({"vault": {"name": "https://attacker.example", "object": akv_object()}})),
+            azure_secret(
+                json!({"vault": {"name": "https://attacker.example", "object": akv_object()}}),
+            ),
             "not a URL: the URL comes from the operator's connection",
         ),
         (
             "unknown Azure object type",
-            azure_secret(json!({"vault": {"name": "kv1", "object": {"name": "x", "type": "blob"}}})),
+            azure_secret(
+                json!({"vault": {"name": "kv1", "object": {"name": "x", "type": "blob"}}}),
+            ),
             "supported values: \"secret\", \"certificate\", \"key\", \"multi-key-value-secret\"",
         ),
         (
             "multi-key-value secret without content type",
-            azure_secret(json!({"vault": {"name": "kv1", "object": {"name": "x", "type": "multi-key-value-secret"}}})),
+            azure_secret(
+                json!({"vault": {"name": "kv1", "object": {"name": "x", "type": "multi-key-value-secret"}}}),
+            ),
             "contentType (application/x-json or application/x-yaml) is required",
         ),
         (
@@ -186,17 +222,23 @@ fn malformed() -> Vec<(&'static str, Value, &'static str)> {
         ),
         (
             "invalid Secret name",
-            vault_secret(json!({"vault": {"kv": kv()}, "output": {"secret": {"name": "Bad_Name"}}})),
+            vault_secret(
+                json!({"vault": {"kv": kv()}, "output": {"secret": {"name": "Bad_Name"}}}),
+            ),
             "must be a valid Kubernetes object name",
         ),
         (
             "invalid template key",
-            vault_secret(json!({"vault": {"kv": kv()}, "output": {"secret": {"template": {"bad key": "x"}}}})),
+            vault_secret(
+                json!({"vault": {"kv": kv()}, "output": {"secret": {"template": {"bad key": "x"}}}}),
+            ),
             "template keys must be valid Secret keys",
         ),
         (
             "restart target of an unknown kind",
-            vault_secret(json!({"vault": {"kv": kv()}, "rolloutRestartTargets": [{"kind": "Pod", "name": "p"}]})),
+            vault_secret(
+                json!({"vault": {"kv": kv()}, "rolloutRestartTargets": [{"kind": "Pod", "name": "p"}]}),
+            ),
             "supported values: \"Deployment\", \"StatefulSet\", \"DaemonSet\"",
         ),
         (
@@ -243,10 +285,26 @@ async fn apiserver_refuses_malformed_and_accepts_examples() {
     }
     for (what, manifest) in [
         ("minimal kv", vault_secret(json!({"vault": {"kv": kv()}}))),
-        ("compound duration", vault_secret(json!({"vault": {"kv": kv()}, "refreshInterval": "1h30m", "ttl": "2h"}))),
-        ("pki", vault_secret(json!({"vault": {"pki": {"mount": "pki", "role": "web", "commonName": "app.example.com", "altNames": ["a.example.com"], "ttl": "24h"}}}))),
-        ("approle", vault_secret(json!({"vault": {"kv": kv(), "auth": {"appRole": {"roleId": "r", "secretIdRef": {"name": "approle", "key": "secret-id"}}}}}))),
-        ("minimal azure", azure_secret(json!({"vault": {"name": "kv1", "object": akv_object()}}))),
+        (
+            "compound duration",
+            vault_secret(json!({"vault": {"kv": kv()}, "refreshInterval": "1h30m", "ttl": "2h"})),
+        ),
+        (
+            "pki",
+            vault_secret(
+                json!({"vault": {"pki": {"mount": "pki", "role": "web", "commonName": "app.example.com", "altNames": ["a.example.com"], "ttl": "24h"}}}),
+            ),
+        ),
+        (
+            "approle",
+            vault_secret(
+                json!({"vault": {"kv": kv(), "auth": {"appRole": {"roleId": "r", "secretIdRef": {"name": "approle", "key": "secret-id"}}}}}),
+            ),
+        ),
+        (
+            "minimal azure",
+            azure_secret(json!({"vault": {"name": "kv1", "object": akv_object()}})),
+        ),
     ] {
         if let Err(message) = dry_run_apply(&client, &ns, &manifest).await {
             failures.push(format!("{what}: refused: {message}"));
@@ -254,5 +312,9 @@ async fn apiserver_refuses_malformed_and_accepts_examples() {
     }
 
     common::delete_namespace(&client, &ns).await;
-    assert!(failures.is_empty(), "admission did not behave:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "admission did not behave:\n{}",
+        failures.join("\n")
+    );
 }

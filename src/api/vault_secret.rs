@@ -22,12 +22,25 @@ const NON_EMPTY: &str = "self != ''";
     category = "vaultsync",
     status = "SyncStatus",
     doc = "VaultSecret syncs a secret from HashiCorp Vault or OpenBao into a short-lived, owner-referenced Secret in its namespace.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
     printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
     printcolumn(name = "Last Sync", type_ = "date", json_path = ".status.lastSyncTime"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = kube::core::Rule::new("!has(self.ttl) || !has(self.refreshInterval) || duration(self.ttl) > duration(self.refreshInterval)").message("ttl must be longer than refreshInterval, or every copy would expire before its next refresh"))]
 #[serde(rename_all = "camelCase")]

@@ -68,31 +68,42 @@ pub async fn delete_namespace(client: &Client, name: &str) {
 /// Applies the committed CRDs from `crds/` and waits until both are Established.
 pub async fn install_crds(client: &Client) {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
-    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/vaultsync.dev.yaml"))
-        .expect("read crds/vaultsync.dev.yaml");
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/vaultsync.dev.yaml"
+    ))
+    .expect("read crds/vaultsync.dev.yaml");
     let mut names = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&yaml) {
         let crd: CustomResourceDefinition =
             serde::Deserialize::deserialize(doc).expect("crds/ holds CustomResourceDefinitions");
         let name = crd.metadata.name.clone().expect("CRD name");
-        api.patch(&name, &PatchParams::apply("vaultsync-tests").force(), &Patch::Apply(&crd))
-            .await
-            .unwrap_or_else(|e| panic!("the apiserver refused CRD {name}: {e}"));
+        api.patch(
+            &name,
+            &PatchParams::apply("vaultsync-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the apiserver refused CRD {name}: {e}"));
         names.push(name);
     }
     for name in names {
-        wait_until(Duration::from_secs(30), &format!("CRD {name} to be Established"), || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let crd = api.get(&name).await.ok()?;
-                let conditions = crd.status?.conditions?;
-                conditions
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        })
+        wait_until(
+            Duration::from_secs(30),
+            &format!("CRD {name} to be Established"),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let crd = api.get(&name).await.ok()?;
+                    let conditions = crd.status?.conditions?;
+                    conditions
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                        .then_some(())
+                }
+            },
+        )
         .await;
     }
 }

@@ -1,0 +1,442 @@
+//! The Azure side of the local environment (tests/env/lowkey.sh): Lowkey Vault as the Key
+//! Vault, and the local token endpoint (tests/env/token-endpoint.py) as Entra ID, both over
+//! HTTPS with the local CA in LOWKEY_CA_FILE.
+//!
+//! Proves that the real Azure SDK crates work against them the way the operator will use them:
+//! a `SecretClient` with a `ClientSecretCredential` (and a `WorkloadIdentityCredential` fed a
+//! Kubernetes TokenRequest token) whose authority host is the local token endpoint, over a
+//! reqwest client that trusts only the local CA.
+//!
+//! Needs the environment: `make env-up`, then `source target/env/env.sh`. A missing variable
+//! fails the test; nothing is skipped.
+
+use azure_core::{
+    cloud::{CloudConfiguration, CustomConfiguration},
+    credentials::{Secret, TokenCredential},
+    error::ErrorKind,
+    http::{ClientOptions, Transport},
+};
+use azure_identity::{
+    ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions,
+    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+};
+use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
+use std::{io::Read, sync::Arc};
+
+/// The audience Entra ID expects on federated service account tokens.
+const FEDERATED_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+fn env_var(component: &str, name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: the {component} component of the local environment is not up \
+             (or its env is not loaded); run `make env-up` and `source target/env/env.sh`"
+        ),
+    }
+}
+
+struct AzureEnv {
+    vault_url: String,
+    ca_file: String,
+    authority_host: String,
+    tenant_id: String,
+    client_id: String,
+    client_secret: String,
+    /// Lowkey's API version to ask for; the SDK's default unless LOWKEY_API_VERSION is set.
+    api_version: Option<String>,
+}
+
+impl AzureEnv {
+    fn load() -> Self {
+        let c = "lowkey (tests/env/lowkey.sh)";
+        Self {
+            vault_url: env_var(c, "LOWKEY_URL"),
+            ca_file: env_var(c, "LOWKEY_CA_FILE"),
+            authority_host: env_var(c, "AZURE_AUTHORITY_HOST"),
+            tenant_id: env_var(c, "AZURE_TENANT_ID"),
+            client_id: env_var(c, "AZURE_CLIENT_ID"),
+            client_secret: env_var(c, "AZURE_CLIENT_SECRET"),
+            api_version: std::env::var("LOWKEY_API_VERSION")
+                .ok()
+                .filter(|v| !v.is_empty()),
+        }
+    }
+
+    /// A reqwest client (rustls) that trusts only the local CA.
+    fn http_client(&self) -> reqwest::Client {
+        let pem = std::fs::read(&self.ca_file)
+            .unwrap_or_else(|e| panic!("reading LOWKEY_CA_FILE {}: {e}", self.ca_file));
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .unwrap_or_else(|e| panic!("parsing LOWKEY_CA_FILE {}: {e}", self.ca_file));
+        reqwest::Client::builder()
+            .tls_certs_only(certs)
+            .build()
+            .expect("building the reqwest client")
+    }
+
+    /// Client options for both the credential and the SecretClient: our transport, and the
+    /// local token endpoint as the authority host.
+    fn client_options(&self) -> ClientOptions {
+        let mut cloud = CustomConfiguration::default();
+        cloud.authority_host = self.authority_host.clone();
+        ClientOptions {
+            transport: Some(Transport::new(Arc::new(self.http_client()))),
+            cloud: Some(Arc::new(CloudConfiguration::from(cloud))),
+            ..Default::default()
+        }
+    }
+
+    fn secret_credential(&self, secret: &str) -> Arc<ClientSecretCredential> {
+        ClientSecretCredential::new(
+            &self.tenant_id,
+            self.client_id.clone(),
+            Secret::new(secret.to_string()),
+            Some(ClientSecretCredentialOptions {
+                client_options: self.client_options(),
+            }),
+        )
+        .expect("building the ClientSecretCredential")
+    }
+
+    fn secret_client(&self, credential: Arc<dyn TokenCredential>) -> SecretClient {
+        let mut options = SecretClientOptions {
+            client_options: self.client_options(),
+            // Lowkey's challenge names the vault's own loopback address as the resource, and a
+            // loopback host can never be a subdomain of it, so the SDK's check must be off.
+            verify_challenge_resource: Some(false),
+            ..Default::default()
+        };
+        if let Some(v) = &self.api_version {
+            options.api_version = v.clone();
+        }
+        SecretClient::new(&self.vault_url, credential, Some(options))
+            .expect("building the SecretClient")
+    }
+
+    /// Writes a secret straight through Lowkey's REST API (it accepts any bearer token), so the
+    /// SDK reads something it did not write itself.
+    async fn seed_secret(&self, name: &str, value: &str) {
+        let url = format!(
+            "{}/secrets/{name}?api-version={}",
+            self.vault_url.trim_end_matches('/'),
+            self.api_version.as_deref().unwrap_or("7.4")
+        );
+        let resp = self
+            .http_client()
+            .put(&url)
+            .bearer_auth("seeded-by-environment-azure-test")
+            .json(&serde_json::json!({ "value": value }))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        assert!(status.is_success(), "PUT {url} answered {status}: {body}");
+    }
+}
+
+/// A random lowercase hex string from the kernel's CSPRNG.
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("reading /dev/urandom");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The whole error chain as text, to look for the Entra error code.
+fn error_chain(err: &azure_core::Error) -> String {
+    let mut text = format!("{err}");
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        text.push_str(" | ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Asserts that reading a secret failed because the credential was refused with `aadsts`.
+fn assert_credential_error(err: &azure_core::Error, aadsts: &str, must_not_leak: &str) {
+    let chain = error_chain(err);
+    assert!(
+        matches!(err.kind(), ErrorKind::Credential),
+        "expected a credential error, got {:?}: {chain}",
+        err.kind()
+    );
+    assert!(
+        chain.contains(aadsts),
+        "expected {aadsts} in the error: {chain}"
+    );
+    assert!(
+        !chain.contains(must_not_leak),
+        "the error text leaks the presented credential: {chain}"
+    );
+}
+
+#[tokio::test]
+async fn client_secret_credential_reads_a_secret_from_lowkey() {
+    let env = AzureEnv::load();
+    let name = format!("environment-azure-{}", random_hex(6));
+    let value = random_hex(24);
+    env.seed_secret(&name, &value).await;
+
+    let client = env.secret_client(env.secret_credential(&env.client_secret));
+    let secret = client
+        .get_secret(&name, None)
+        .await
+        .unwrap_or_else(|e| panic!("get_secret({name}): {}", error_chain(&e)))
+        .into_model()
+        .expect("decoding the secret");
+    assert_eq!(secret.value.as_deref(), Some(value.as_str()));
+
+    // The SDK can write too, and reads its own write back (a second version).
+    let value2 = random_hex(24);
+    let params = azure_security_keyvault_secrets::models::SetSecretParameters {
+        value: Some(value2.clone()),
+        ..Default::default()
+    };
+    client
+        .set_secret(&name, params.try_into().expect("request body"), None)
+        .await
+        .unwrap_or_else(|e| panic!("set_secret({name}): {}", error_chain(&e)));
+    let secret = client
+        .get_secret(&name, None)
+        .await
+        .unwrap_or_else(|e| panic!("get_secret({name}) after set: {}", error_chain(&e)))
+        .into_model()
+        .expect("decoding the secret");
+    assert_eq!(secret.value.as_deref(), Some(value2.as_str()));
+}
+
+#[tokio::test]
+async fn wrong_client_secret_is_refused_by_the_token_endpoint() {
+    let env = AzureEnv::load();
+    let name = format!("environment-azure-{}", random_hex(6));
+    env.seed_secret(&name, &random_hex(16)).await;
+
+    let wrong = format!("wrong-{}", random_hex(8));
+    let client = env.secret_client(env.secret_credential(&wrong));
+    let err = client
+        .get_secret(&name, None)
+        .await
+        .expect_err("a wrong client secret must not read the secret");
+    assert_credential_error(&err, "AADSTS7000215", &wrong);
+    // The token endpoint's own answer is a 401, as Entra's is.
+    let chain = error_chain(&err);
+    assert!(
+        chain.contains("401") || chain.contains("Unauthorized"),
+        "expected HTTP 401 in the error: {chain}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_client_is_refused_by_the_token_endpoint() {
+    let mut env = AzureEnv::load();
+    env.client_id = format!("unregistered-{}", random_hex(4));
+    let client = env.secret_client(env.secret_credential("whatever-secret"));
+    let err = client
+        .get_secret("environment-azure-unknown-client", None)
+        .await
+        .expect_err("an unregistered client must not get a token");
+    assert_credential_error(&err, "AADSTS700016", "whatever-secret");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workload identity: a service account token from the local apiserver, exchanged at the local
+// token endpoint (which checks it with a TokenReview) for a Key Vault token.
+
+mod workload_identity {
+    use super::*;
+    use k8s_openapi::api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::ServiceAccount,
+    };
+    use kube::api::{Api, DeleteParams, PostParams};
+
+    const NAMESPACE: &str = "default";
+
+    fn kube_env() {
+        let c = "k8s (tests/env/k8s.sh)";
+        env_var(c, "KUBECONFIG");
+    }
+
+    async fn kube_client() -> kube::Client {
+        kube_env();
+        let config = kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions::default())
+            .await
+            .expect("loading KUBECONFIG");
+        kube::Client::try_from(config).expect("building the kube client")
+    }
+
+    /// Creates a service account and returns (its name, a token for it with `audience`).
+    async fn service_account_token(client: &kube::Client, audience: &str) -> (String, String) {
+        let name = format!("azure-wi-{}", random_hex(4));
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), NAMESPACE);
+        let mut sa = ServiceAccount::default();
+        sa.metadata.name = Some(name.clone());
+        sas.create(&PostParams::default(), &sa)
+            .await
+            .unwrap_or_else(|e| panic!("creating service account {NAMESPACE}/{name}: {e}"));
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: Some(vec![audience.to_string()]),
+                expiration_seconds: Some(600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let issued = sas
+            .create_token_request(&name, &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("TokenRequest for {NAMESPACE}/{name}: {e}"));
+        let token = issued
+            .status
+            .and_then(|s| s.token)
+            .expect("TokenRequest returned no token");
+        (name, token)
+    }
+
+    async fn delete_service_account(client: &kube::Client, name: &str) {
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), NAMESPACE);
+        let _ = sas.delete(name, &DeleteParams::default()).await;
+    }
+
+    /// The `iss` claim of a JWT (not verified here: the token endpoint verifies it).
+    fn issuer_of(jwt: &str) -> String {
+        let payload = jwt.split('.').nth(1).expect("a JWT");
+        let bytes = base64url_decode(payload);
+        let claims: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON JWT payload");
+        claims["iss"].as_str().expect("iss claim").to_string()
+    }
+
+    fn base64url_decode(text: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(text.len() * 3 / 4);
+        let (mut acc, mut bits) = (0u32, 0u32);
+        for c in text.trim_end_matches('=').bytes() {
+            let v = match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'-' | b'+' => 62,
+                b'_' | b'/' => 63,
+                _ => panic!("not base64url: {c:?}"),
+            };
+            acc = (acc << 6) | u32::from(v);
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+                acc &= (1 << bits) - 1;
+            }
+        }
+        out
+    }
+
+    /// Registers a federated client in the token endpoint's clients file (it is re-read on
+    /// every request). Written to a temporary file and renamed over the old one.
+    fn register_federated_client(client_id: &str, tenant: &str, issuer: &str, subject: &str) {
+        let path = env_var("lowkey (tests/env/lowkey.sh)", "LOWKEY_CLIENTS_FILE");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading LOWKEY_CLIENTS_FILE {path}: {e}"));
+        let mut clients: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {path}: {e}"));
+        clients.insert(
+            client_id.to_string(),
+            serde_json::json!({
+                "tenant": tenant,
+                "federated": {"issuer": issuer, "subject": subject, "audience": FEDERATED_AUDIENCE},
+            }),
+        );
+        let tmp = format!("{path}.{}.tmp", random_hex(4));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&clients).unwrap())
+            .expect("writing clients");
+        std::fs::rename(&tmp, &path).expect("replacing the clients file");
+    }
+
+    fn workload_credential(
+        env: &AzureEnv,
+        client_id: &str,
+        token: &str,
+    ) -> (Arc<WorkloadIdentityCredential>, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!("vaultsync-azure-wi-{}.jwt", random_hex(6)));
+        std::fs::write(&path, token).expect("writing the federated token file");
+        let credential = WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
+            credential_options: ClientAssertionCredentialOptions {
+                client_options: env.client_options(),
+            },
+            client_id: Some(client_id.to_string()),
+            tenant_id: Some(env.tenant_id.clone()),
+            token_file_path: Some(path.clone()),
+            ..Default::default()
+        }))
+        .expect("building the WorkloadIdentityCredential");
+        (credential, path)
+    }
+
+    #[tokio::test]
+    async fn workload_identity_credential_reads_a_secret_from_lowkey() {
+        let env = AzureEnv::load();
+        let kube = kube_client().await;
+        let (sa, token) = service_account_token(&kube, FEDERATED_AUDIENCE).await;
+        let subject = format!("system:serviceaccount:{NAMESPACE}:{sa}");
+        let client_id = format!("wi-{}", random_hex(4));
+        register_federated_client(&client_id, &env.tenant_id, &issuer_of(&token), &subject);
+
+        let name = format!("environment-azure-wi-{}", random_hex(6));
+        let value = random_hex(24);
+        env.seed_secret(&name, &value).await;
+
+        let (credential, token_file) = workload_credential(&env, &client_id, &token);
+        let result = env.secret_client(credential).get_secret(&name, None).await;
+        let _ = std::fs::remove_file(token_file);
+        delete_service_account(&kube, &sa).await;
+        let secret = result
+            .unwrap_or_else(|e| panic!("get_secret({name}) as {subject}: {}", error_chain(&e)))
+            .into_model()
+            .expect("decoding the secret");
+        assert_eq!(secret.value.as_deref(), Some(value.as_str()));
+    }
+
+    #[tokio::test]
+    async fn workload_identity_of_another_service_account_is_refused() {
+        let env = AzureEnv::load();
+        let kube = kube_client().await;
+        let (sa, token) = service_account_token(&kube, FEDERATED_AUDIENCE).await;
+        // Registered for a different service account than the token's.
+        let client_id = format!("wi-{}", random_hex(4));
+        let other = format!("system:serviceaccount:{NAMESPACE}:{sa}-other");
+        register_federated_client(&client_id, &env.tenant_id, &issuer_of(&token), &other);
+
+        let (credential, token_file) = workload_credential(&env, &client_id, &token);
+        let result = env
+            .secret_client(credential)
+            .get_secret("environment-azure-wi-refused", None)
+            .await;
+        let _ = std::fs::remove_file(token_file);
+        delete_service_account(&kube, &sa).await;
+        let err = result.expect_err("a token of another service account must be refused");
+        assert_credential_error(&err, "AADSTS70021", &token);
+    }
+
+    #[tokio::test]
+    async fn workload_identity_token_with_wrong_audience_is_refused() {
+        let env = AzureEnv::load();
+        let kube = kube_client().await;
+        let (sa, token) = service_account_token(&kube, "https://kubernetes.default.svc").await;
+        let subject = format!("system:serviceaccount:{NAMESPACE}:{sa}");
+        let client_id = format!("wi-{}", random_hex(4));
+        register_federated_client(&client_id, &env.tenant_id, &issuer_of(&token), &subject);
+
+        let (credential, token_file) = workload_credential(&env, &client_id, &token);
+        let result = env
+            .secret_client(credential)
+            .get_secret("environment-azure-wi-refused", None)
+            .await;
+        let _ = std::fs::remove_file(token_file);
+        delete_service_account(&kube, &sa).await;
+        let err = result.expect_err("a token for another audience must be refused");
+        assert_credential_error(&err, "AADSTS70021", &token);
+    }
+}
