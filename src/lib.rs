@@ -2,3 +2,7 @@
 //! vaultsync: syncs short-lived, owner-referenced Secrets from external vaults.
 
 pub mod api;
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod sync;

@@ -1,0 +1,4 @@
+//! The reconcile pipeline, shared by both kinds:
+//! resolve (IO) -> fetch (IO) -> render (pure) -> apply (IO) -> status (IO).
+
+pub mod render;
