@@ -216,12 +216,12 @@ fn check_data(type_: &str, data: &BTreeMap<String, SecretValue>) -> Result<()> {
             require(&[".dockercfg"])?;
             check_json_object(".dockercfg", &data[".dockercfg"], None)?;
         }
-        "kubernetes.io/basic-auth" => {
-            if !data.contains_key("username") && !data.contains_key("password") {
-                return Err(Error::InvalidData(
-                    "type kubernetes.io/basic-auth needs a username or password key".into(),
-                ));
-            }
+        "kubernetes.io/basic-auth"
+            if !data.contains_key("username") && !data.contains_key("password") =>
+        {
+            return Err(Error::InvalidData(
+                "type kubernetes.io/basic-auth needs a username or password key".into(),
+            ));
         }
         "kubernetes.io/ssh-auth" => require(&["ssh-privatekey"])?,
         _ => {}
