@@ -2,3 +2,4 @@
 //! resolve (IO) -> fetch (IO) -> render (pure) -> apply (IO) -> status (IO).
 
 pub mod render;
+pub mod schedule;

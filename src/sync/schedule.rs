@@ -1,0 +1,178 @@
+//! Timing decisions (pure): when a copy expires, when to read the source again, and how
+//! long to back off after a failure. Randomness comes in as a number in `[0, 1)` so that
+//! every function here is deterministic under test.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+/// Longest wait between retries of a failing resource.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// First retry delay.
+pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
+/// Share of a delay that jitter may take off, so that many resources created together
+/// do not refresh together.
+const JITTER: f64 = 0.1;
+
+fn signed(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+fn unsigned(d: SignedDuration) -> Duration {
+    Duration::try_from(d).unwrap_or(Duration::ZERO)
+}
+
+/// The `expires-at` mark to write after a successful fetch at `now`.
+///
+/// The copy is valid until `now + ttl`, capped by `cap` (a lease or certificate end).
+/// The mark is a "valid at least until" promise, so an existing mark is kept while it
+/// still promises at least half a `ttl`: the Secret's metadata then moves at most once
+/// per half `ttl` instead of at every refresh.
+pub fn expiry_mark(
+    now: Timestamp,
+    ttl: Duration,
+    existing: Option<Timestamp>,
+    cap: Option<Timestamp>,
+) -> Timestamp {
+    let mut target = now.saturating_add(signed(ttl)).unwrap_or(Timestamp::MAX);
+    if let Some(cap) = cap {
+        target = target.min(cap);
+    }
+    match existing {
+        Some(old) if old <= target && old >= now.saturating_add(signed(ttl / 2)).unwrap_or(Timestamp::MAX) => old,
+        _ => target,
+    }
+}
+
+/// Inputs of the refresh decision.
+#[derive(Clone, Copy, Debug)]
+pub struct RefreshInputs {
+    pub now: Timestamp,
+    /// Refresh interval of static sources.
+    pub refresh_interval: Duration,
+    /// The copy's expiry mark.
+    pub expires_at: Timestamp,
+    pub ttl: Duration,
+    /// Start and end of a lease or certificate, for dynamic sources.
+    pub lifetime: Option<(Timestamp, Timestamp)>,
+    /// Share of the lifetime after which to renew or re-issue, 1..=90.
+    pub renewal_percent: u8,
+}
+
+/// How long to wait before the next read: the earliest of the refresh interval, the
+/// renewal point of a lease or certificate, and expiry minus a safety margin, less up to
+/// 10% jitter (`jitter` in `[0, 1)`) so deadlines are never overshot.
+pub fn next_refresh(inputs: &RefreshInputs, jitter: f64) -> Duration {
+    let RefreshInputs {
+        now,
+        refresh_interval,
+        expires_at,
+        ttl,
+        lifetime,
+        renewal_percent,
+    } = *inputs;
+    let margin = (ttl / 10).min(Duration::from_secs(300));
+    let mut delay = refresh_interval;
+    let until_expiry = unsigned(expires_at.duration_since(now));
+    delay = delay.min(until_expiry.saturating_sub(margin));
+    if let Some((start, end)) = lifetime {
+        let whole = unsigned(end.duration_since(start));
+        let renew_at = start
+            .saturating_add(signed(whole.mul_f64(f64::from(renewal_percent.clamp(1, 90)) / 100.0)))
+            .unwrap_or(end);
+        delay = delay.min(unsigned(renew_at.duration_since(now)));
+    }
+    let jitter = jitter.clamp(0.0, 1.0);
+    let delay = delay.mul_f64(1.0 - JITTER * jitter);
+    delay.max(Duration::from_secs(1))
+}
+
+/// Delay before retry number `attempt` (0 for the first failure): doubling from one
+/// second up to five minutes, with jitter taking off up to half, and at least what the
+/// backend asked for with `Retry-After`.
+pub fn backoff(attempt: u32, jitter: f64, retry_after: Option<Duration>) -> Duration {
+    let exp = MIN_BACKOFF
+        .checked_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
+        .unwrap_or(MAX_BACKOFF)
+        .min(MAX_BACKOFF);
+    let jittered = exp.mul_f64(1.0 - 0.5 * jitter.clamp(0.0, 1.0)).max(MIN_BACKOFF);
+    match retry_after {
+        Some(asked) => jittered.max(asked.min(MAX_BACKOFF)),
+        None => jittered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).expect("ts")
+    }
+    const H: u64 = 3600;
+
+    #[test]
+    fn expiry_is_now_plus_ttl_capped_by_lifetime() {
+        assert_eq!(expiry_mark(t(0), Duration::from_secs(3 * H), None, None), t(3 * H as i64));
+        assert_eq!(expiry_mark(t(0), Duration::from_secs(3 * H), None, Some(t(100))), t(100));
+    }
+
+    #[test]
+    fn expiry_mark_moves_at_most_once_per_half_ttl() {
+        let ttl = Duration::from_secs(3 * H);
+        let mut mark = expiry_mark(t(0), ttl, None, None);
+        let mut moves = 0;
+        // Refresh every 10 minutes for 6 hours.
+        for minute in (10..=360).step_by(10) {
+            let now = t(minute * 60);
+            let next = expiry_mark(now, ttl, Some(mark), None);
+            assert!(next >= now.saturating_add(signed(ttl / 2)).expect("ts"), "always valid for half a ttl");
+            if next != mark {
+                moves += 1;
+            }
+            mark = next;
+        }
+        // 6 h / 1.5 h = 4 moves at most.
+        assert!(moves <= 4, "moved {moves} times");
+        assert!(moves >= 3);
+    }
+
+    #[test]
+    fn expiry_mark_follows_a_shorter_cap() {
+        let ttl = Duration::from_secs(3 * H);
+        let mark = expiry_mark(t(0), ttl, None, None);
+        assert_eq!(expiry_mark(t(60), ttl, Some(mark), Some(t(600))), t(600));
+    }
+
+    #[test]
+    fn refresh_takes_the_earliest_deadline() {
+        let base = RefreshInputs {
+            now: t(0),
+            refresh_interval: Duration::from_secs(H),
+            expires_at: t(3 * H as i64),
+            ttl: Duration::from_secs(3 * H),
+            lifetime: None,
+            renewal_percent: 67,
+        };
+        assert_eq!(next_refresh(&base, 0.0), Duration::from_secs(H));
+        // Jitter only ever shortens, by at most 10%.
+        let j = next_refresh(&base, 0.99);
+        assert!(j < Duration::from_secs(H) && j >= Duration::from_secs(H).mul_f64(0.9));
+        // Close to expiry: expiry minus the margin wins.
+        let near = RefreshInputs { expires_at: t(1200), ..base };
+        assert_eq!(next_refresh(&near, 0.0), Duration::from_secs(1200 - 300));
+        // A 60 s lease renews at 67%.
+        let lease = RefreshInputs { lifetime: Some((t(0), t(60))), expires_at: t(60), ttl: Duration::from_secs(60), ..base };
+        assert_eq!(next_refresh(&lease, 0.0), Duration::from_secs_f64(40.2));
+    }
+
+    #[test]
+    fn backoff_doubles_to_five_minutes_and_honours_retry_after() {
+        assert_eq!(backoff(0, 0.0, None), Duration::from_secs(1));
+        assert_eq!(backoff(3, 0.0, None), Duration::from_secs(8));
+        assert_eq!(backoff(30, 0.0, None), MAX_BACKOFF);
+        assert!(backoff(5, 0.99, None) >= Duration::from_secs(16));
+        assert_eq!(backoff(0, 0.0, Some(Duration::from_secs(30))), Duration::from_secs(30));
+        assert_eq!(backoff(0, 0.0, Some(Duration::from_secs(9999))), MAX_BACKOFF);
+    }
+}
