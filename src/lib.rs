@@ -2,6 +2,7 @@
 //! vaultsync: syncs short-lived, owner-referenced Secrets from external vaults.
 
 pub mod api;
+pub mod metrics;
 pub mod backend;
 pub mod config;
 pub mod error;

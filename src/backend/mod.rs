@@ -58,3 +58,4 @@ pub struct Fetched {
     /// End of validity of the material itself (a certificate's notAfter), if it has one.
     pub not_after: Option<jiff::Timestamp>,
 }
+pub mod vault;

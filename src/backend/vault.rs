@@ -1,0 +1,503 @@
+//! HashiCorp Vault / OpenBao: login as the tenant, then read KV v1/v2.
+//!
+//! Logins go through vaultrs. Each tenant identity (connection, namespace, service
+//! account, role) logs in once; the token is cached and renewed while renewable, so a
+//! reconcile does not log in again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::{Api, PostParams};
+use serde_json::Value;
+use vaultrs::api::EndpointMiddleware;
+use vaultrs::client::{Client as _, VaultClient, VaultClientSettings, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+
+use super::{Fetched, SecretValue};
+use crate::api::{KvSource, VaultAuth, VaultSource};
+use crate::config::{Config, VaultConnection};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+/// Lifetime asked for the service-account tokens used to log in. They are used once,
+/// right away, so the minimum the apiserver accepts is plenty.
+const SA_TOKEN_SECONDS: i64 = 600;
+
+/// Who logs in: one cached Vault token per identity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Identity {
+    Kubernetes {
+        namespace: String,
+        service_account: String,
+        mount: String,
+        role: String,
+    },
+    AppRole {
+        namespace: String,
+        mount: String,
+        role_id: String,
+        secret: (String, String),
+    },
+    Token {
+        namespace: String,
+        secret: (String, String),
+    },
+}
+
+/// A source resolved against the operator config: which connection, as whom.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub connection: String,
+    pub identity: Identity,
+}
+
+struct CachedToken {
+    token: String,
+    /// When to renew or log in again (two thirds into the token's lease).
+    refresh_at: Instant,
+    renewable: bool,
+}
+
+struct Connection {
+    config: VaultConnection,
+    settings: VaultClientSettings,
+    http: reqwest::Client,
+}
+
+/// The Vault backend: connections from the config, a token cache and KV mount versions.
+pub struct VaultBackend {
+    connections: BTreeMap<String, Connection>,
+    tokens: Mutex<HashMap<(String, Identity), Arc<tokio::sync::Mutex<Option<CachedToken>>>>>,
+    kv_versions: Mutex<HashMap<(String, String), u8>>,
+    metrics: Arc<Metrics>,
+}
+
+impl VaultBackend {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let mut connections = BTreeMap::new();
+        for (name, c) in &config.vault {
+            let mut builder = VaultClientSettingsBuilder::default();
+            builder.address(c.address.clone()).token("");
+            if let Some(ca) = &c.ca_file {
+                builder.ca_certs(vec![ca.display().to_string()]);
+            }
+            if let Some(ns) = &c.namespace {
+                builder.namespace(Some(ns.clone()));
+            }
+            builder.timeout(Some(Duration::from_secs(10)));
+            let settings = builder.build()?;
+            // vaultrs builds its HTTP client from the settings; one per connection is kept
+            // and shared by every tenant's client, so connections are pooled.
+            let http = VaultClient::new(settings.clone())?.http.http;
+            connections.insert(
+                name.clone(),
+                Connection {
+                    config: c.clone(),
+                    settings,
+                    http,
+                },
+            );
+        }
+        Ok(Self {
+            connections,
+            tokens: Mutex::default(),
+            kv_versions: Mutex::default(),
+            metrics,
+        })
+    }
+
+    /// Resolve (no IO): the connection and identity a VaultSecret reads as.
+    pub fn resolve(&self, namespace: &str, source: &VaultSource) -> Result<Resolved> {
+        let connection = source.connection.clone().unwrap_or_else(|| "default".into());
+        let conn = self.connections.get(&connection).ok_or_else(|| {
+            Error::InvalidSpec(format!(
+                "there is no Vault connection {connection:?} in the operator's configuration; known: {:?}",
+                self.connections.keys().collect::<Vec<_>>()
+            ))
+        })?;
+        let identity = match &source.auth {
+            Some(VaultAuth {
+                kubernetes: Some(k), ..
+            }) => Identity::Kubernetes {
+                namespace: namespace.into(),
+                service_account: k.service_account_name.clone().unwrap_or_else(|| "default".into()),
+                mount: k.mount.clone().unwrap_or_else(|| default_kubernetes_mount(&conn.config)),
+                role: k.role.clone(),
+            },
+            Some(VaultAuth {
+                app_role: Some(a), ..
+            }) => Identity::AppRole {
+                namespace: namespace.into(),
+                mount: a.mount.clone().unwrap_or_else(|| "approle".into()),
+                role_id: a.role_id.clone(),
+                secret: (a.secret_id_ref.name.clone(), a.secret_id_ref.key.clone()),
+            },
+            Some(VaultAuth { token: Some(t), .. }) => Identity::Token {
+                namespace: namespace.into(),
+                secret: (t.secret_ref.name.clone(), t.secret_ref.key.clone()),
+            },
+            Some(_) => return Err(Error::InvalidSpec("spec.vault.auth sets no method".into())),
+            None => match &conn.config.default_auth {
+                Some(d) => Identity::Kubernetes {
+                    namespace: namespace.into(),
+                    service_account: d.kubernetes.service_account_name.clone(),
+                    mount: d.kubernetes.mount.clone(),
+                    role: d.kubernetes.role.replace("{namespace}", namespace),
+                },
+                None => {
+                    return Err(Error::InvalidSpec(format!(
+                        "spec.vault.auth is not set and connection {connection:?} has no default auth: set spec.vault.auth"
+                    )));
+                }
+            },
+        };
+        Ok(Resolved {
+            connection,
+            identity,
+        })
+    }
+
+    fn client(&self, connection: &str, token: &str) -> Result<VaultClient> {
+        let conn = self
+            .connections
+            .get(connection)
+            .ok_or_else(|| Error::InvalidSpec(format!("unknown Vault connection {connection:?}")))?;
+        let mut settings = conn.settings.clone();
+        settings.token = token.to_string();
+        Ok(VaultClient {
+            http: rustify::clients::reqwest::Client::new(&conn.config.address, conn.http.clone()),
+            middle: EndpointMiddleware {
+                token: token.to_string(),
+                version: "v1".into(),
+                wrap: None,
+                namespace: conn.config.namespace.clone(),
+            },
+            settings,
+        })
+    }
+
+    /// A client logged in as `resolved`'s identity, from the cache when possible.
+    pub async fn login(&self, kube: &kube::Client, resolved: &Resolved) -> Result<VaultClient> {
+        let slot = {
+            let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            tokens
+                .entry((resolved.connection.clone(), resolved.identity.clone()))
+                .or_default()
+                .clone()
+        };
+        // One login per identity at a time: concurrent reconciles wait for the first.
+        let mut cached = slot.lock().await;
+        if let Some(c) = cached.as_ref() {
+            if Instant::now() < c.refresh_at {
+                return self.client(&resolved.connection, &c.token);
+            }
+            if c.renewable {
+                let client = self.client(&resolved.connection, &c.token)?;
+                if let Ok(info) = client.renew(None).await {
+                    self.metrics.backend_request("vault", "renew_token", "ok");
+                    *cached = Some(cache_entry(info.client_token, info.lease_duration, info.renewable));
+                    return Ok(client);
+                }
+                self.metrics.backend_request("vault", "renew_token", "error");
+            }
+        }
+        let anonymous = self.client(&resolved.connection, "")?;
+        let result = match &resolved.identity {
+            Identity::Kubernetes {
+                namespace,
+                service_account,
+                mount,
+                role,
+            } => {
+                let audience = &self.connections[&resolved.connection].config.token_audience;
+                let jwt = service_account_token(kube, namespace, service_account, audience).await?;
+                vaultrs::auth::kubernetes::login(&anonymous, mount, role, &jwt).await
+            }
+            Identity::AppRole {
+                namespace,
+                mount,
+                role_id,
+                secret,
+            } => {
+                let secret_id = read_secret_key(kube, namespace, &secret.0, &secret.1).await?;
+                vaultrs::auth::approle::login(&anonymous, mount, role_id, &secret_id).await
+            }
+            Identity::Token { namespace, secret } => {
+                let token = read_secret_key(kube, namespace, &secret.0, &secret.1).await?;
+                // A static token is used as given and re-read from its Secret each minute.
+                *cached = Some(CachedToken {
+                    token: token.clone(),
+                    refresh_at: Instant::now() + Duration::from_secs(60),
+                    renewable: false,
+                });
+                return self.client(&resolved.connection, &token);
+            }
+        };
+        match result {
+            Ok(info) => {
+                self.metrics.vault_login(&resolved.connection, "ok");
+                let client = self.client(&resolved.connection, &info.client_token)?;
+                *cached = Some(cache_entry(info.client_token, info.lease_duration, info.renewable));
+                Ok(client)
+            }
+            Err(e) => {
+                self.metrics.vault_login(&resolved.connection, "error");
+                Err(login_error(&resolved.identity, e))
+            }
+        }
+    }
+
+    /// Drops the cached token of an identity, after Vault refused it.
+    pub fn forget(&self, resolved: &Resolved) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.remove(&(resolved.connection.clone(), resolved.identity.clone()));
+    }
+
+    /// Fetch: reads a KV secret (v1 or v2, detected per mount) as the tenant.
+    pub async fn fetch_kv(&self, client: &VaultClient, resolved: &Resolved, kv: &KvSource) -> Result<Fetched> {
+        let version = self.kv_version(client, &resolved.connection, &kv.mount).await?;
+        let what = format!("{}/{}", kv.mount, kv.path);
+        let (data, source_version) = if version == 1 {
+            if kv.version.is_some() {
+                return Err(Error::InvalidSpec(format!(
+                    "mount {} is KV version 1, which has no versions: remove spec.vault.kv.version",
+                    kv.mount
+                )));
+            }
+            let res = vaultrs::kv1::get_raw(client, &kv.mount, &kv.path).await;
+            self.count("kv_read", &res);
+            (res.map_err(|e| backend_error(&what, e))?.data, String::new())
+        } else {
+            let mut req = vaultrs::api::kv2::requests::ReadSecretRequest::builder();
+            req.mount(kv.mount.as_str()).path(kv.path.as_str());
+            if let Some(v) = kv.version {
+                req.version(Some(u64::try_from(v).unwrap_or(0)));
+            }
+            let endpoint = req
+                .build()
+                .map_err(|_| Error::InvalidSpec("invalid KV request".into()))?;
+            let res = vaultrs::api::exec_with_result(client, endpoint).await;
+            self.count("kv_read", &res);
+            let res = res.map_err(|e| backend_error(&what, e))?;
+            (res.data, res.metadata.version.to_string())
+        };
+        let object = match data {
+            Value::Object(map) => map,
+            _ => return Err(Error::InvalidData(format!("{what} does not hold key/value data"))),
+        };
+        let mut out = BTreeMap::new();
+        for (key, value) in object {
+            if let Some(keys) = &kv.keys
+                && !keys.contains(&key)
+            {
+                continue;
+            }
+            let bytes = match value {
+                Value::String(s) => s.into_bytes(),
+                Value::Null => Vec::new(),
+                other => other.to_string().into_bytes(),
+            };
+            out.insert(key, SecretValue::new(bytes));
+        }
+        if let Some(keys) = &kv.keys {
+            let missing: Vec<&String> = keys.iter().filter(|k| !out.contains_key(*k)).collect();
+            if !missing.is_empty() {
+                return Err(Error::NotFound(format!("{what} has no keys {missing:?}")));
+            }
+        }
+        Ok(Fetched {
+            data: out,
+            version: source_version,
+            ..Default::default()
+        })
+    }
+
+    /// KV version of a mount: from the connection's config, else asked once of Vault.
+    async fn kv_version(&self, client: &VaultClient, connection: &str, mount: &str) -> Result<u8> {
+        if let Some(v) = self.connections[connection].config.kv_versions.get(mount) {
+            return Ok(*v);
+        }
+        let key = (connection.to_string(), mount.to_string());
+        if let Some(v) = self.kv_versions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(*v);
+        }
+        // vaultrs has no call for this; it is the endpoint the Vault CLI itself uses, and
+        // any token may read it for mounts it can access.
+        let url = format!(
+            "{}/v1/sys/internal/ui/mounts/{}",
+            self.connections[connection].config.address.trim_end_matches('/'),
+            mount
+        );
+        let mut request = self.connections[connection]
+            .http
+            .get(url)
+            .header("X-Vault-Token", client.settings().token.as_str());
+        if let Some(ns) = &self.connections[connection].config.namespace {
+            request = request.header("X-Vault-Namespace", ns);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Error::unavailable(format!("Vault is unreachable: {}", without_url(&e))))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(status_error(&format!("mount {mount}"), status.as_u16(), &[]));
+        }
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|_| Error::unavailable("Vault answered the mount lookup with invalid JSON"))?;
+        let version = match body["data"]["options"]["version"].as_str() {
+            Some("2") => 2,
+            _ if body["data"]["type"] == "kv" => 1,
+            _ => {
+                return Err(Error::InvalidSpec(format!("mount {mount} is not a KV secrets engine")));
+            }
+        };
+        self.kv_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, version);
+        Ok(version)
+    }
+
+    fn count<T>(&self, operation: &str, res: &std::result::Result<T, ClientError>) {
+        let outcome = match res {
+            Ok(_) => "ok",
+            Err(_) => "error",
+        };
+        self.metrics.backend_request("vault", operation, outcome);
+    }
+}
+
+fn default_kubernetes_mount(c: &VaultConnection) -> String {
+    c.default_auth
+        .as_ref()
+        .map(|d| d.kubernetes.mount.clone())
+        .unwrap_or_else(|| "kubernetes".into())
+}
+
+fn cache_entry(token: String, lease_seconds: u64, renewable: bool) -> CachedToken {
+    // Tokens without a lease (root-like) are still re-checked hourly.
+    let lease = if lease_seconds == 0 { 3600 } else { lease_seconds };
+    CachedToken {
+        token,
+        refresh_at: Instant::now() + Duration::from_secs(lease * 2 / 3),
+        renewable,
+    }
+}
+
+/// A short-lived, audience-bound token for a service account of the resource's namespace.
+async fn service_account_token(kube: &kube::Client, namespace: &str, name: &str, audience: &str) -> Result<String> {
+    let api: Api<ServiceAccount> = Api::namespaced(kube.clone(), namespace);
+    let request = TokenRequest {
+        spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
+            audiences: Some(vec![audience.to_string()]),
+            expiration_seconds: Some(SA_TOKEN_SECONDS),
+            bound_object_ref: None,
+        }),
+        ..Default::default()
+    };
+    let issued: TokenRequest = api
+        .create_subresource("token", name, &PostParams::default(), &request)
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 404 => Error::AuthFailed(format!(
+                "service account {name:?} does not exist in namespace {namespace}"
+            )),
+            kube::Error::Api(s) if s.code == 403 => Error::AuthFailed(format!(
+                "the operator may not request tokens for service account {name:?}: {}",
+                s.message
+            )),
+            other => Error::Kube(other),
+        })?;
+    issued
+        .status
+        .and_then(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Error::AuthFailed("the apiserver returned an empty service-account token".into()))
+}
+
+/// One key of a Secret in the resource's namespace (a secret-id or token).
+async fn read_secret_key(kube: &kube::Client, namespace: &str, name: &str, key: &str) -> Result<String> {
+    let api: Api<Secret> = Api::namespaced(kube.clone(), namespace);
+    let secret = api.get_opt(name).await?.ok_or_else(|| {
+        Error::AuthFailed(format!("Secret {name:?} named in spec.vault.auth does not exist"))
+    })?;
+    let value = secret
+        .data
+        .and_then(|mut d| d.remove(key))
+        .ok_or_else(|| Error::AuthFailed(format!("Secret {name:?} has no key {key:?}")))?;
+    String::from_utf8(value.0)
+        .map(|s| s.trim().to_string())
+        .map_err(|_| Error::AuthFailed(format!("key {key:?} of Secret {name:?} is not text")))
+}
+
+fn describe(identity: &Identity) -> String {
+    match identity {
+        Identity::Kubernetes {
+            service_account,
+            mount,
+            role,
+            ..
+        } => format!("service account {service_account:?} with role {role:?} at auth/{mount}"),
+        Identity::AppRole { mount, .. } => format!("AppRole at auth/{mount}"),
+        Identity::Token { secret, .. } => format!("the token in Secret {:?}", secret.0),
+    }
+}
+
+fn login_error(identity: &Identity, e: ClientError) -> Error {
+    let who = describe(identity);
+    match e {
+        ClientError::APIError { code, errors } if code < 500 && code != 429 => Error::AuthFailed(format!(
+            "Vault refused the login as {who} ({code}: {}): check that the role exists and binds this service account and namespace",
+            vault_words(&errors)
+        )),
+        other => backend_error(&format!("login as {who}"), other),
+    }
+}
+
+/// Maps a vaultrs error to a reason; the message keeps only status and Vault's words.
+fn backend_error(what: &str, e: ClientError) -> Error {
+    match e {
+        ClientError::APIError { code, errors } => status_error(what, code, &errors),
+        ClientError::RestClientError { .. } => Error::unavailable(format!("Vault is unreachable while reading {what}")),
+        _ => Error::unavailable(format!("unexpected answer from Vault while reading {what}")),
+    }
+}
+
+fn status_error(what: &str, code: u16, errors: &[String]) -> Error {
+    let words = vault_words(errors);
+    match code {
+        403 => Error::AuthFailed(format!(
+            "permission denied reading {what}: the Vault policy of this identity does not allow it{words}"
+        )),
+        404 => Error::NotFound(format!("{what} does not exist in Vault")),
+        400 => Error::InvalidSpec(format!("Vault refused the request for {what}{words}")),
+        _ => Error::unavailable(format!("Vault answered {code} for {what}{words}")),
+    }
+}
+
+/// Vault's own error strings, bounded in length.
+fn vault_words(errors: &[String]) -> String {
+    if errors.is_empty() {
+        return String::new();
+    }
+    let joined = errors.join("; ");
+    let short: String = joined.chars().take(200).collect();
+    format!(": {short}")
+}
+
+/// A reqwest error without the URL or any body.
+fn without_url(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection refused".into()
+    } else {
+        "request failed".into()
+    }
+}

@@ -1,0 +1,168 @@
+//! Prometheus metrics (prometheus-client). Labels carry kinds, reasons, backends and
+//! object names, never values.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    pub kind: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend: String,
+    pub operation: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoginLabels {
+    pub connection: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecretLabels {
+    pub namespace: String,
+    pub secret: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub part: String,
+}
+
+/// All metrics of the operator, registered under the `vaultsync_` prefix.
+pub struct Metrics {
+    pub registry: Registry,
+    syncs: Family<SyncLabels, Counter>,
+    sync_duration: Family<KindLabels, Histogram>,
+    backend_requests: Family<BackendLabels, Counter>,
+    vault_logins: Family<LoginLabels, Counter>,
+    secret_writes: Family<WriteLabels, Counter>,
+    pub managed_secrets: Gauge,
+    expiry: Family<SecretLabels, Gauge<f64, AtomicU64>>,
+    pub queue_depth: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("vaultsync");
+        let syncs = Family::<SyncLabels, Counter>::default();
+        registry.register("syncs", "Reconciles by kind and result (Synced or a Ready=False reason)", syncs.clone());
+        let sync_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
+        registry.register("sync_duration_seconds", "Time to reconcile one resource", sync_duration.clone());
+        let backend_requests = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "backend_requests",
+            "Requests to secret backends by backend, operation and outcome",
+            backend_requests.clone(),
+        );
+        let vault_logins = Family::<LoginLabels, Counter>::default();
+        registry.register("vault_logins", "Vault logins by connection and outcome", vault_logins.clone());
+        let secret_writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "secret_writes",
+            "Writes of managed Secrets: part=data when content changed, part=metadata when only the expiry mark moved",
+            secret_writes.clone(),
+        );
+        let managed_secrets = Gauge::default();
+        registry.register("managed_secrets", "Secrets currently managed by vaultsync", managed_secrets.clone());
+        let expiry = Family::<SecretLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "secret_expiry_timestamp_seconds",
+            "Unix time at which a managed Secret expires unless refreshed",
+            expiry.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register("queue_depth", "Reconciles running or waiting for a concurrency slot", queue_depth.clone());
+        Self {
+            registry,
+            syncs,
+            sync_duration,
+            backend_requests,
+            vault_logins,
+            secret_writes,
+            managed_secrets,
+            expiry,
+            queue_depth,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn sync(&self, kind: &str, result: &str, started: Instant) {
+        self.syncs
+            .get_or_create(&SyncLabels {
+                kind: kind.into(),
+                result: result.into(),
+            })
+            .inc();
+        self.sync_duration
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    pub fn backend_request(&self, backend: &str, operation: &str, outcome: &str) {
+        self.backend_requests
+            .get_or_create(&BackendLabels {
+                backend: backend.into(),
+                operation: operation.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn vault_login(&self, connection: &str, outcome: &str) {
+        self.vault_logins
+            .get_or_create(&LoginLabels {
+                connection: connection.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn secret_write(&self, part: &str) {
+        self.secret_writes.get_or_create(&WriteLabels { part: part.into() }).inc();
+    }
+
+    pub fn set_expiry(&self, namespace: &str, secret: &str, unix_seconds: f64) {
+        self.expiry
+            .get_or_create(&SecretLabels {
+                namespace: namespace.into(),
+                secret: secret.into(),
+            })
+            .set(unix_seconds);
+    }
+
+    pub fn clear_expiry(&self, namespace: &str, secret: &str) {
+        self.expiry.remove(&SecretLabels {
+            namespace: namespace.into(),
+            secret: secret.into(),
+        });
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
