@@ -63,11 +63,19 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("vaultsync");
         let syncs = Family::<SyncLabels, Counter>::default();
-        registry.register("syncs", "Reconciles by kind and result (Synced or a Ready=False reason)", syncs.clone());
+        registry.register(
+            "syncs",
+            "Reconciles by kind and result (Synced or a Ready=False reason)",
+            syncs.clone(),
+        );
         let sync_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.005, 2.0, 14))
         });
-        registry.register("sync_duration_seconds", "Time to reconcile one resource", sync_duration.clone());
+        registry.register(
+            "sync_duration_seconds",
+            "Time to reconcile one resource",
+            sync_duration.clone(),
+        );
         let backend_requests = Family::<BackendLabels, Counter>::default();
         registry.register(
             "backend_requests",
@@ -75,7 +83,11 @@ impl Default for Metrics {
             backend_requests.clone(),
         );
         let vault_logins = Family::<LoginLabels, Counter>::default();
-        registry.register("vault_logins", "Vault logins by connection and outcome", vault_logins.clone());
+        registry.register(
+            "vault_logins",
+            "Vault logins by connection and outcome",
+            vault_logins.clone(),
+        );
         let secret_writes = Family::<WriteLabels, Counter>::default();
         registry.register(
             "secret_writes",
@@ -83,7 +95,11 @@ impl Default for Metrics {
             secret_writes.clone(),
         );
         let managed_secrets = Gauge::default();
-        registry.register("managed_secrets", "Secrets currently managed by vaultsync", managed_secrets.clone());
+        registry.register(
+            "managed_secrets",
+            "Secrets currently managed by vaultsync",
+            managed_secrets.clone(),
+        );
         let expiry = Family::<SecretLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "secret_expiry_timestamp_seconds",
@@ -91,7 +107,11 @@ impl Default for Metrics {
             expiry.clone(),
         );
         let queue_depth = Gauge::default();
-        registry.register("queue_depth", "Reconciles running or waiting for a concurrency slot", queue_depth.clone());
+        registry.register(
+            "queue_depth",
+            "Reconciles running or waiting for a concurrency slot",
+            queue_depth.clone(),
+        );
         Self {
             registry,
             syncs,
@@ -139,7 +159,9 @@ impl Metrics {
     }
 
     pub fn secret_write(&self, part: &str) {
-        self.secret_writes.get_or_create(&WriteLabels { part: part.into() }).inc();
+        self.secret_writes
+            .get_or_create(&WriteLabels { part: part.into() })
+            .inc();
     }
 
     pub fn set_expiry(&self, namespace: &str, secret: &str, unix_seconds: f64) {

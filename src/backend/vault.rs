@@ -61,6 +61,9 @@ struct CachedToken {
     renewable: bool,
 }
 
+/// The cached token of one identity; its lock makes concurrent reconciles share a login.
+type TokenSlot = Arc<tokio::sync::Mutex<Option<CachedToken>>>;
+
 struct Connection {
     config: VaultConnection,
     settings: VaultClientSettings,
@@ -70,7 +73,7 @@ struct Connection {
 /// The Vault backend: connections from the config, a token cache and KV mount versions.
 pub struct VaultBackend {
     connections: BTreeMap<String, Connection>,
-    tokens: Mutex<HashMap<(String, Identity), Arc<tokio::sync::Mutex<Option<CachedToken>>>>>,
+    tokens: Mutex<HashMap<(String, Identity), TokenSlot>>,
     kv_versions: Mutex<HashMap<(String, String), u8>>,
     metrics: Arc<Metrics>,
 }
@@ -111,7 +114,10 @@ impl VaultBackend {
 
     /// Resolve (no IO): the connection and identity a VaultSecret reads as.
     pub fn resolve(&self, namespace: &str, source: &VaultSource) -> Result<Resolved> {
-        let connection = source.connection.clone().unwrap_or_else(|| "default".into());
+        let connection = source
+            .connection
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let conn = self.connections.get(&connection).ok_or_else(|| {
             Error::InvalidSpec(format!(
                 "there is no Vault connection {connection:?} in the operator's configuration; known: {:?}",
@@ -120,11 +126,18 @@ impl VaultBackend {
         })?;
         let identity = match &source.auth {
             Some(VaultAuth {
-                kubernetes: Some(k), ..
+                kubernetes: Some(k),
+                ..
             }) => Identity::Kubernetes {
                 namespace: namespace.into(),
-                service_account: k.service_account_name.clone().unwrap_or_else(|| "default".into()),
-                mount: k.mount.clone().unwrap_or_else(|| default_kubernetes_mount(&conn.config)),
+                service_account: k
+                    .service_account_name
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                mount: k
+                    .mount
+                    .clone()
+                    .unwrap_or_else(|| default_kubernetes_mount(&conn.config)),
                 role: k.role.clone(),
             },
             Some(VaultAuth {
@@ -161,10 +174,9 @@ impl VaultBackend {
     }
 
     fn client(&self, connection: &str, token: &str) -> Result<VaultClient> {
-        let conn = self
-            .connections
-            .get(connection)
-            .ok_or_else(|| Error::InvalidSpec(format!("unknown Vault connection {connection:?}")))?;
+        let conn = self.connections.get(connection).ok_or_else(|| {
+            Error::InvalidSpec(format!("unknown Vault connection {connection:?}"))
+        })?;
         let mut settings = conn.settings.clone();
         settings.token = token.to_string();
         Ok(VaultClient {
@@ -198,10 +210,15 @@ impl VaultBackend {
                 let client = self.client(&resolved.connection, &c.token)?;
                 if let Ok(info) = client.renew(None).await {
                     self.metrics.backend_request("vault", "renew_token", "ok");
-                    *cached = Some(cache_entry(info.client_token, info.lease_duration, info.renewable));
+                    *cached = Some(cache_entry(
+                        info.client_token,
+                        info.lease_duration,
+                        info.renewable,
+                    ));
                     return Ok(client);
                 }
-                self.metrics.backend_request("vault", "renew_token", "error");
+                self.metrics
+                    .backend_request("vault", "renew_token", "error");
             }
         }
         let anonymous = self.client(&resolved.connection, "")?;
@@ -240,7 +257,11 @@ impl VaultBackend {
             Ok(info) => {
                 self.metrics.vault_login(&resolved.connection, "ok");
                 let client = self.client(&resolved.connection, &info.client_token)?;
-                *cached = Some(cache_entry(info.client_token, info.lease_duration, info.renewable));
+                *cached = Some(cache_entry(
+                    info.client_token,
+                    info.lease_duration,
+                    info.renewable,
+                ));
                 Ok(client)
             }
             Err(e) => {
@@ -257,8 +278,15 @@ impl VaultBackend {
     }
 
     /// Fetch: reads a KV secret (v1 or v2, detected per mount) as the tenant.
-    pub async fn fetch_kv(&self, client: &VaultClient, resolved: &Resolved, kv: &KvSource) -> Result<Fetched> {
-        let version = self.kv_version(client, &resolved.connection, &kv.mount).await?;
+    pub async fn fetch_kv(
+        &self,
+        client: &VaultClient,
+        resolved: &Resolved,
+        kv: &KvSource,
+    ) -> Result<Fetched> {
+        let version = self
+            .kv_version(client, &resolved.connection, &kv.mount)
+            .await?;
         let what = format!("{}/{}", kv.mount, kv.path);
         let (data, source_version) = if version == 1 {
             if kv.version.is_some() {
@@ -269,7 +297,10 @@ impl VaultBackend {
             }
             let res = vaultrs::kv1::get_raw(client, &kv.mount, &kv.path).await;
             self.count("kv_read", &res);
-            (res.map_err(|e| backend_error(&what, e))?.data, String::new())
+            (
+                res.map_err(|e| backend_error(&what, e))?.data,
+                String::new(),
+            )
         } else {
             let mut req = vaultrs::api::kv2::requests::ReadSecretRequest::builder();
             req.mount(kv.mount.as_str()).path(kv.path.as_str());
@@ -286,7 +317,11 @@ impl VaultBackend {
         };
         let object = match data {
             Value::Object(map) => map,
-            _ => return Err(Error::InvalidData(format!("{what} does not hold key/value data"))),
+            _ => {
+                return Err(Error::InvalidData(format!(
+                    "{what} does not hold key/value data"
+                )));
+            }
         };
         let mut out = BTreeMap::new();
         for (key, value) in object {
@@ -321,14 +356,22 @@ impl VaultBackend {
             return Ok(*v);
         }
         let key = (connection.to_string(), mount.to_string());
-        if let Some(v) = self.kv_versions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(v) = self
+            .kv_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(*v);
         }
         // vaultrs has no call for this; it is the endpoint the Vault CLI itself uses, and
         // any token may read it for mounts it can access.
         let url = format!(
             "{}/v1/sys/internal/ui/mounts/{}",
-            self.connections[connection].config.address.trim_end_matches('/'),
+            self.connections[connection]
+                .config
+                .address
+                .trim_end_matches('/'),
             mount
         );
         let mut request = self.connections[connection]
@@ -338,13 +381,16 @@ impl VaultBackend {
         if let Some(ns) = &self.connections[connection].config.namespace {
             request = request.header("X-Vault-Namespace", ns);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Error::unavailable(format!("Vault is unreachable: {}", without_url(&e))))?;
+        let response = request.send().await.map_err(|e| {
+            Error::unavailable(format!("Vault is unreachable: {}", without_url(&e)))
+        })?;
         let status = response.status();
         if !status.is_success() {
-            return Err(status_error(&format!("mount {mount}"), status.as_u16(), &[]));
+            return Err(status_error(
+                &format!("mount {mount}"),
+                status.as_u16(),
+                &[],
+            ));
         }
         let body: Value = response
             .json()
@@ -354,7 +400,9 @@ impl VaultBackend {
             Some("2") => 2,
             _ if body["data"]["type"] == "kv" => 1,
             _ => {
-                return Err(Error::InvalidSpec(format!("mount {mount} is not a KV secrets engine")));
+                return Err(Error::InvalidSpec(format!(
+                    "mount {mount} is not a KV secrets engine"
+                )));
             }
         };
         self.kv_versions
@@ -382,7 +430,11 @@ fn default_kubernetes_mount(c: &VaultConnection) -> String {
 
 fn cache_entry(token: String, lease_seconds: u64, renewable: bool) -> CachedToken {
     // Tokens without a lease (root-like) are still re-checked hourly.
-    let lease = if lease_seconds == 0 { 3600 } else { lease_seconds };
+    let lease = if lease_seconds == 0 {
+        3600
+    } else {
+        lease_seconds
+    };
     CachedToken {
         token,
         refresh_at: Instant::now() + Duration::from_secs(lease * 2 / 3),
@@ -391,7 +443,12 @@ fn cache_entry(token: String, lease_seconds: u64, renewable: bool) -> CachedToke
 }
 
 /// A short-lived, audience-bound token for a service account of the resource's namespace.
-async fn service_account_token(kube: &kube::Client, namespace: &str, name: &str, audience: &str) -> Result<String> {
+async fn service_account_token(
+    kube: &kube::Client,
+    namespace: &str,
+    name: &str,
+    audience: &str,
+) -> Result<String> {
     let api: Api<ServiceAccount> = Api::namespaced(kube.clone(), namespace);
     let request = TokenRequest {
         spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
@@ -418,14 +475,23 @@ async fn service_account_token(kube: &kube::Client, namespace: &str, name: &str,
         .status
         .and_then(|s| s.token)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| Error::AuthFailed("the apiserver returned an empty service-account token".into()))
+        .ok_or_else(|| {
+            Error::AuthFailed("the apiserver returned an empty service-account token".into())
+        })
 }
 
 /// One key of a Secret in the resource's namespace (a secret-id or token).
-async fn read_secret_key(kube: &kube::Client, namespace: &str, name: &str, key: &str) -> Result<String> {
+async fn read_secret_key(
+    kube: &kube::Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<String> {
     let api: Api<Secret> = Api::namespaced(kube.clone(), namespace);
     let secret = api.get_opt(name).await?.ok_or_else(|| {
-        Error::AuthFailed(format!("Secret {name:?} named in spec.vault.auth does not exist"))
+        Error::AuthFailed(format!(
+            "Secret {name:?} named in spec.vault.auth does not exist"
+        ))
     })?;
     let value = secret
         .data
@@ -452,10 +518,12 @@ fn describe(identity: &Identity) -> String {
 fn login_error(identity: &Identity, e: ClientError) -> Error {
     let who = describe(identity);
     match e {
-        ClientError::APIError { code, errors } if code < 500 && code != 429 => Error::AuthFailed(format!(
-            "Vault refused the login as {who} ({code}: {}): check that the role exists and binds this service account and namespace",
-            vault_words(&errors)
-        )),
+        ClientError::APIError { code, errors } if code < 500 && code != 429 => {
+            Error::AuthFailed(format!(
+                "Vault refused the login as {who} ({code}: {}): check that the role exists and binds this service account and namespace",
+                vault_words(&errors)
+            ))
+        }
         other => backend_error(&format!("login as {who}"), other),
     }
 }
@@ -464,7 +532,9 @@ fn login_error(identity: &Identity, e: ClientError) -> Error {
 fn backend_error(what: &str, e: ClientError) -> Error {
     match e {
         ClientError::APIError { code, errors } => status_error(what, code, &errors),
-        ClientError::RestClientError { .. } => Error::unavailable(format!("Vault is unreachable while reading {what}")),
+        ClientError::RestClientError { .. } => {
+            Error::unavailable(format!("Vault is unreachable while reading {what}"))
+        }
         _ => Error::unavailable(format!("unexpected answer from Vault while reading {what}")),
     }
 }

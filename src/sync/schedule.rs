@@ -39,7 +39,15 @@ pub fn expiry_mark(
         target = target.min(cap);
     }
     match existing {
-        Some(old) if old <= target && old >= now.saturating_add(signed(ttl / 2)).unwrap_or(Timestamp::MAX) => old,
+        Some(old)
+            if old <= target
+                && old
+                    >= now
+                        .saturating_add(signed(ttl / 2))
+                        .unwrap_or(Timestamp::MAX) =>
+        {
+            old
+        }
         _ => target,
     }
 }
@@ -78,7 +86,9 @@ pub fn next_refresh(inputs: &RefreshInputs, jitter: f64) -> Duration {
     if let Some((start, end)) = lifetime {
         let whole = unsigned(end.duration_since(start));
         let renew_at = start
-            .saturating_add(signed(whole.mul_f64(f64::from(renewal_percent.clamp(1, 90)) / 100.0)))
+            .saturating_add(signed(
+                whole.mul_f64(f64::from(renewal_percent.clamp(1, 90)) / 100.0),
+            ))
             .unwrap_or(end);
         delay = delay.min(unsigned(renew_at.duration_since(now)));
     }
@@ -95,7 +105,9 @@ pub fn backoff(attempt: u32, jitter: f64, retry_after: Option<Duration>) -> Dura
         .checked_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
         .unwrap_or(MAX_BACKOFF)
         .min(MAX_BACKOFF);
-    let jittered = exp.mul_f64(1.0 - 0.5 * jitter.clamp(0.0, 1.0)).max(MIN_BACKOFF);
+    let jittered = exp
+        .mul_f64(1.0 - 0.5 * jitter.clamp(0.0, 1.0))
+        .max(MIN_BACKOFF);
     match retry_after {
         Some(asked) => jittered.max(asked.min(MAX_BACKOFF)),
         None => jittered,
@@ -113,8 +125,14 @@ mod tests {
 
     #[test]
     fn expiry_is_now_plus_ttl_capped_by_lifetime() {
-        assert_eq!(expiry_mark(t(0), Duration::from_secs(3 * H), None, None), t(3 * H as i64));
-        assert_eq!(expiry_mark(t(0), Duration::from_secs(3 * H), None, Some(t(100))), t(100));
+        assert_eq!(
+            expiry_mark(t(0), Duration::from_secs(3 * H), None, None),
+            t(3 * H as i64)
+        );
+        assert_eq!(
+            expiry_mark(t(0), Duration::from_secs(3 * H), None, Some(t(100))),
+            t(100)
+        );
     }
 
     #[test]
@@ -126,7 +144,10 @@ mod tests {
         for minute in (10..=360).step_by(10) {
             let now = t(minute * 60);
             let next = expiry_mark(now, ttl, Some(mark), None);
-            assert!(next >= now.saturating_add(signed(ttl / 2)).expect("ts"), "always valid for half a ttl");
+            assert!(
+                next >= now.saturating_add(signed(ttl / 2)).expect("ts"),
+                "always valid for half a ttl"
+            );
             if next != mark {
                 moves += 1;
             }
@@ -159,10 +180,18 @@ mod tests {
         let j = next_refresh(&base, 0.99);
         assert!(j < Duration::from_secs(H) && j >= Duration::from_secs(H).mul_f64(0.9));
         // Close to expiry: expiry minus the margin wins.
-        let near = RefreshInputs { expires_at: t(1200), ..base };
+        let near = RefreshInputs {
+            expires_at: t(1200),
+            ..base
+        };
         assert_eq!(next_refresh(&near, 0.0), Duration::from_secs(1200 - 300));
         // A 60 s lease renews at 67%.
-        let lease = RefreshInputs { lifetime: Some((t(0), t(60))), expires_at: t(60), ttl: Duration::from_secs(60), ..base };
+        let lease = RefreshInputs {
+            lifetime: Some((t(0), t(60))),
+            expires_at: t(60),
+            ttl: Duration::from_secs(60),
+            ..base
+        };
         assert_eq!(next_refresh(&lease, 0.0), Duration::from_secs_f64(40.2));
     }
 
@@ -172,7 +201,13 @@ mod tests {
         assert_eq!(backoff(3, 0.0, None), Duration::from_secs(8));
         assert_eq!(backoff(30, 0.0, None), MAX_BACKOFF);
         assert!(backoff(5, 0.99, None) >= Duration::from_secs(16));
-        assert_eq!(backoff(0, 0.0, Some(Duration::from_secs(30))), Duration::from_secs(30));
-        assert_eq!(backoff(0, 0.0, Some(Duration::from_secs(9999))), MAX_BACKOFF);
+        assert_eq!(
+            backoff(0, 0.0, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            backoff(0, 0.0, Some(Duration::from_secs(9999))),
+            MAX_BACKOFF
+        );
     }
 }

@@ -1,0 +1,289 @@
+//! Wiring: the shared [`Context`], one Controller per kind and watched scope, the
+//! label-selected metadata watch of managed Secrets (drift repair and the expiry
+//! collector's view), and the HTTP endpoints.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::api::VaultSecret;
+use crate::backend::vault::VaultBackend;
+use crate::config::Config;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::sync::apply::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGER, event};
+use crate::sync::{self, SyncedResource};
+
+/// Name of the Secret, in the operator's namespace, holding the key of `status.dataHmac`.
+pub const HMAC_KEY_SECRET: &str = "vaultsync-hmac-key";
+
+/// State shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub vault: VaultBackend,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub hmac_key: Vec<u8>,
+    /// Consecutive failures per object, for the error backoff.
+    failures: Mutex<HashMap<(&'static str, String, String), u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        config: Config,
+        metrics: Arc<Metrics>,
+        hmac_key: Vec<u8>,
+    ) -> anyhow::Result<Self> {
+        let vault = VaultBackend::new(&config, metrics.clone())?;
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Ok(Self {
+            client,
+            config,
+            vault,
+            metrics,
+            recorder,
+            hmac_key,
+            failures: Mutex::default(),
+        })
+    }
+
+    fn key<K: SyncedResource>(obj: &K) -> (&'static str, String, String) {
+        (K::KIND, obj.namespace().unwrap_or_default(), obj.name_any())
+    }
+
+    /// The attempt number of this failure (0 for the first since the last success).
+    pub fn next_backoff_attempt<K: SyncedResource>(&self, obj: &K) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let count = failures.entry(Self::key(obj)).or_insert(0);
+        let attempt = *count;
+        *count = count.saturating_add(1);
+        attempt
+    }
+
+    pub fn reset_backoff<K: SyncedResource>(&self, obj: &K) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.remove(&Self::key(obj));
+    }
+
+    /// Publishes an Event on `obj`. Notes never contain values; a failure to publish is
+    /// logged and otherwise ignored.
+    pub async fn publish<K: SyncedResource>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let reference = obj.object_ref(&());
+        if let Err(e) = self
+            .recorder
+            .publish(&event(type_, reason, note), &reference)
+            .await
+        {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+/// Waits until the CRDs of both kinds are established, so that the watches do not fail.
+pub async fn wait_for_crds(client: &Client) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let names = [
+        "vaultsecrets.vaultsync.dev",
+        "azurekeyvaultsecrets.vaultsync.dev",
+    ];
+    let mut warned = false;
+    loop {
+        let mut missing = Vec::new();
+        for name in names {
+            let established = api.get_opt(name).await?.is_some_and(|crd| {
+                crd.status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+            if !established {
+                missing.push(name);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if !warned {
+            tracing::warn!(
+                ?missing,
+                "waiting for the CRDs to be established: install them with `vaultsync crds | kubectl apply -f -`"
+            );
+            warned = true;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The HMAC key for `status.dataHmac`, kept in a Secret of the operator's namespace and
+/// created on first start.
+pub async fn hmac_key(client: &Client, namespace: &str) -> anyhow::Result<Vec<u8>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    if let Some(secret) = api.get_opt(HMAC_KEY_SECRET).await? {
+        if let Some(key) = secret.data.and_then(|mut d| d.remove("key")) {
+            return Ok(key.0);
+        }
+        anyhow::bail!(
+            "Secret {namespace}/{HMAC_KEY_SECRET} has no key \"key\": delete it and vaultsync will create a new one"
+        );
+    }
+    let key: [u8; 32] = rand::random();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": HMAC_KEY_SECRET, "labels": {"app.kubernetes.io/name": "vaultsync"}},
+        "data": {"key": k8s_openapi::ByteString(key.to_vec())},
+    }))?;
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(key.to_vec()),
+        // Another replica created it first: use theirs.
+        Err(kube::Error::Api(s)) if s.code == 409 => Box::pin(hmac_key(client, namespace)).await,
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot create Secret {namespace}/{HMAC_KEY_SECRET} (does namespace {namespace} exist? set operatorNamespace in the config): {e}"
+        )),
+    }
+}
+
+fn managed_secrets_config() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"))
+}
+
+/// Reconciles a guarded object: one that failed to deserialize is logged and skipped, so
+/// it cannot stall the others.
+async fn reconcile_guarded<K: SyncedResource>(
+    obj: Arc<DeserializeGuard<K>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    match &obj.0 {
+        Ok(valid) => sync::reconcile(valid, &ctx).await,
+        Err(invalid) => {
+            tracing::warn!(
+                kind = K::KIND,
+                namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
+                name = invalid.metadata.name.as_deref().unwrap_or_default(),
+                error = %invalid.error,
+                "skipping a resource that does not match the schema"
+            );
+            Ok(Action::await_change())
+        }
+    }
+}
+
+fn error_policy_guarded<K: SyncedResource>(
+    obj: Arc<DeserializeGuard<K>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    match &obj.0 {
+        Ok(valid) => sync::error_policy(valid, error, &ctx),
+        Err(_) => Action::await_change(),
+    }
+}
+
+/// One controller of kind `K` over one scope (a namespace, or all), with its own
+/// metadata-only watch of the managed Secrets in that scope.
+fn controller_for<K: SyncedResource>(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    stores: &mut Vec<Store<PartialObjectMeta<Secret>>>,
+) -> impl std::future::Future<Output = ()> + Send + use<K> {
+    let client = ctx.client.clone();
+    let (objects, secrets) = match namespace {
+        Some(ns) => (
+            Api::<DeserializeGuard<K>>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Secret>>::namespaced(client, ns),
+        ),
+        None => (
+            Api::<DeserializeGuard<K>>::all(client.clone()),
+            Api::<PartialObjectMeta<Secret>>::all(client),
+        ),
+    };
+    let (reader, writer) = reflector::store();
+    stores.push(reader);
+    let secret_events = watcher(secrets, managed_secrets_config())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    let concurrency = ctx.config.defaults.concurrency;
+    Controller::new(objects, watcher::Config::default().any_semantic())
+        .owns_stream(secret_events)
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .shutdown_on_signal()
+        .run(reconcile_guarded::<K>, error_policy_guarded::<K>, ctx)
+        .for_each(|result| {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile loop");
+            }
+            future::ready(())
+        })
+}
+
+/// Runs the operator until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let server = tokio::spawn(crate::http::serve(
+        config.metrics_address,
+        metrics.clone(),
+        ready.clone(),
+    ));
+
+    wait_for_crds(&client).await?;
+    let key = hmac_key(&client, &config.operator_namespace).await?;
+    let ctx = Arc::new(Context::new(client, config, metrics, key)?);
+
+    let mut stores = Vec::new();
+    let scopes: Vec<Option<String>> = if ctx.config.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        ctx.config
+            .watch_namespaces
+            .iter()
+            .cloned()
+            .map(Some)
+            .collect()
+    };
+    let mut controllers = Vec::new();
+    for scope in &scopes {
+        controllers.push(controller_for::<VaultSecret>(
+            ctx.clone(),
+            scope.as_deref(),
+            &mut stores,
+        ));
+    }
+    let collector = tokio::spawn(crate::expiry::run_collector(ctx.clone(), stores));
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(scopes = ?scopes, "vaultsync controllers started");
+
+    future::join_all(controllers).await;
+    tracing::info!("shutting down");
+    collector.abort();
+    server.abort();
+    Ok(())
+}

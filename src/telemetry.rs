@@ -1,0 +1,38 @@
+//! Logging through `tracing`, as text or JSON.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Libraries that handle request bodies and tokens. They are capped at `info` whatever
+/// level is asked for, so no secret can reach a log line through their debug output.
+const CAPPED: [&str; 10] = [
+    "vaultrs",
+    "rustify",
+    "reqwest",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "rustls",
+    "azure_core",
+    "azure_identity",
+    "tower",
+];
+
+pub fn init(format: LogFormat) {
+    let mut filter = EnvFilter::try_from_env("VAULTSYNC_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    for target in CAPPED {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
