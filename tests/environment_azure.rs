@@ -157,17 +157,39 @@ fn error_chain(err: &azure_core::Error) -> String {
     text
 }
 
-/// Asserts that reading a secret failed because the credential was refused with `aadsts`.
-fn assert_credential_error(err: &azure_core::Error, aadsts: &str, must_not_leak: &str) {
+/// The HTTP status and Entra error code of the token endpoint's answer inside `err`.
+fn entra_response(err: &azure_core::Error) -> Option<(u16, Option<String>)> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(azure) = e.downcast_ref::<azure_core::Error>()
+            && let ErrorKind::HttpResponse {
+                status, error_code, ..
+            } = azure.kind()
+        {
+            return Some((u16::from(*status), error_code.clone()));
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Asserts that reading a secret failed because the token endpoint refused the credential
+/// with HTTP `status` and Entra error `code`, without echoing the presented credential.
+fn assert_credential_error(err: &azure_core::Error, status: u16, code: &str, must_not_leak: &str) {
     let chain = error_chain(err);
     assert!(
         matches!(err.kind(), ErrorKind::Credential),
         "expected a credential error, got {:?}: {chain}",
         err.kind()
     );
+    assert_eq!(
+        entra_response(err),
+        Some((status, Some(code.to_string()))),
+        "expected the token endpoint's HTTP {status} with error code {code}: {chain}"
+    );
     assert!(
-        chain.contains(aadsts),
-        "expected {aadsts} in the error: {chain}"
+        chain.contains(&format!("AADSTS{code}")),
+        "expected AADSTS{code} in: {chain}"
     );
     assert!(
         !chain.contains(must_not_leak),
@@ -222,13 +244,7 @@ async fn wrong_client_secret_is_refused_by_the_token_endpoint() {
         .get_secret(&name, None)
         .await
         .expect_err("a wrong client secret must not read the secret");
-    assert_credential_error(&err, "AADSTS7000215", &wrong);
-    // The token endpoint's own answer is a 401, as Entra's is.
-    let chain = error_chain(&err);
-    assert!(
-        chain.contains("401") || chain.contains("Unauthorized"),
-        "expected HTTP 401 in the error: {chain}"
-    );
+    assert_credential_error(&err, 401, "7000215", &wrong);
 }
 
 #[tokio::test]
@@ -240,7 +256,7 @@ async fn unknown_client_is_refused_by_the_token_endpoint() {
         .get_secret("environment-azure-unknown-client", None)
         .await
         .expect_err("an unregistered client must not get a token");
-    assert_credential_error(&err, "AADSTS700016", "whatever-secret");
+    assert_credential_error(&err, 400, "700016", "whatever-secret");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -334,25 +350,42 @@ mod workload_identity {
         out
     }
 
-    /// Registers a federated client in the token endpoint's clients file (it is re-read on
-    /// every request). Written to a temporary file and renamed over the old one.
-    fn register_federated_client(client_id: &str, tenant: &str, issuer: &str, subject: &str) {
+    /// Serializes this process's edits of the clients file (the tests run in parallel).
+    static CLIENTS_FILE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Applies `edit` to the token endpoint's clients file (re-read by it on every request):
+    /// written to a temporary file and renamed over the old one.
+    fn edit_clients_file(edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+        let _guard = CLIENTS_FILE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let path = env_var("lowkey (tests/env/lowkey.sh)", "LOWKEY_CLIENTS_FILE");
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("reading LOWKEY_CLIENTS_FILE {path}: {e}"));
         let mut clients: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {path}: {e}"));
-        clients.insert(
-            client_id.to_string(),
-            serde_json::json!({
-                "tenant": tenant,
-                "federated": {"issuer": issuer, "subject": subject, "audience": FEDERATED_AUDIENCE},
-            }),
-        );
+        edit(&mut clients);
         let tmp = format!("{path}.{}.tmp", random_hex(4));
         std::fs::write(&tmp, serde_json::to_vec_pretty(&clients).unwrap())
             .expect("writing clients");
         std::fs::rename(&tmp, &path).expect("replacing the clients file");
+    }
+
+    /// Registers a client whose only credential is a federated service account identity.
+    fn register_federated_client(client_id: &str, tenant: &str, issuer: &str, subject: &str) {
+        edit_clients_file(|clients| {
+            clients.insert(
+                client_id.to_string(),
+                serde_json::json!({
+                    "tenant": tenant,
+                    "federated": {"issuer": issuer, "subject": subject, "audience": FEDERATED_AUDIENCE},
+                }),
+            );
+        });
+    }
+
+    fn unregister_client(client_id: &str) {
+        edit_clients_file(|clients| {
+            clients.remove(client_id);
+        });
     }
 
     fn workload_credential(
@@ -369,7 +402,6 @@ mod workload_identity {
             client_id: Some(client_id.to_string()),
             tenant_id: Some(env.tenant_id.clone()),
             token_file_path: Some(path.clone()),
-            ..Default::default()
         }))
         .expect("building the WorkloadIdentityCredential");
         (credential, path)
@@ -391,6 +423,7 @@ mod workload_identity {
         let (credential, token_file) = workload_credential(&env, &client_id, &token);
         let result = env.secret_client(credential).get_secret(&name, None).await;
         let _ = std::fs::remove_file(token_file);
+        unregister_client(&client_id);
         delete_service_account(&kube, &sa).await;
         let secret = result
             .unwrap_or_else(|e| panic!("get_secret({name}) as {subject}: {}", error_chain(&e)))
@@ -415,9 +448,10 @@ mod workload_identity {
             .get_secret("environment-azure-wi-refused", None)
             .await;
         let _ = std::fs::remove_file(token_file);
+        unregister_client(&client_id);
         delete_service_account(&kube, &sa).await;
         let err = result.expect_err("a token of another service account must be refused");
-        assert_credential_error(&err, "AADSTS70021", &token);
+        assert_credential_error(&err, 400, "70021", &token);
     }
 
     #[tokio::test]
@@ -435,8 +469,9 @@ mod workload_identity {
             .get_secret("environment-azure-wi-refused", None)
             .await;
         let _ = std::fs::remove_file(token_file);
+        unregister_client(&client_id);
         delete_service_account(&kube, &sa).await;
         let err = result.expect_err("a token for another audience must be refused");
-        assert_credential_error(&err, "AADSTS70021", &token);
+        assert_credential_error(&err, 400, "70021", &token);
     }
 }

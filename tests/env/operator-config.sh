@@ -21,6 +21,8 @@ vault:
         mount: kubernetes
 azure:
   default:
-    vaultUrl: "${AZURE_KEYVAULT_URL:-https://localhost:$LOWKEY_PORT}"
-    authorityHost: "${AZURE_AUTHORITY_HOST:-https://localhost:$TOKEN_PORT}"
+    vaultUrl: "${LOWKEY_URL:-https://127.0.0.1:$LOWKEY_PORT}"
+    caFile: "${LOWKEY_CA_FILE:-$ENV_DIR/lowkey/ca.pem}"
+    authorityHost: "${AZURE_AUTHORITY_HOST:-https://127.0.0.1:$TOKEN_PORT}"
+    tenantId: "${AZURE_TENANT_ID:-vaultsync-tenant}"
 EOF

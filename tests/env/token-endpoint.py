@@ -79,6 +79,11 @@ MAX_BODY = 1 << 20
 _log_lock = threading.Lock()
 
 
+def fmt_fields(fields):
+    """key=value pairs for the log; values come from requests, so no spaces or control chars."""
+    return " ".join(f"{k}={re.sub(r'[^!-~]', '_', str(v))[:200]}" for k, v in (fields or {}).items())
+
+
 def log(msg):
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     with _log_lock:
@@ -483,7 +488,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         log(f"{self.client_address[0]} {self.command} {path} {status}{(' ' + extra) if extra else ''}")
 
     def send_json(self, status, payload, extra_headers=None):
-        body = json.dumps(payload).encode()
+        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -499,8 +504,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         now = datetime.datetime.now(datetime.timezone.utc)
         trace_id, correlation_id = str(uuid.uuid4()), str(uuid.uuid4())
         stamp = now.strftime("%Y-%m-%d %H:%M:%SZ")
-        description = (f"AADSTS{err.code}: {err.description}\r\nTrace ID: {trace_id}\r\n"
-                       f"Correlation ID: {correlation_id}\r\nTimestamp: {stamp}")
+        # No character that JSON must escape: azure_identity 1.0 deserializes error_description
+        # as a borrowed &str, which fails on any escape sequence (Entra's own "\r\n" included).
+        text = re.sub(r'[\x00-\x1f"\\]', " ", err.description.replace('"', "'"))
+        description = (f"AADSTS{err.code}: {text} Trace ID: {trace_id} "
+                       f"Correlation ID: {correlation_id} Timestamp: {stamp}")
         self.send_json(err.status, {
             "error": err.error,
             "error_description": description,
@@ -510,8 +518,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "correlation_id": correlation_id,
             "error_uri": f"https://127.0.0.1/error?code={err.code}",
         })
-        extra = " ".join(f"{k}={v}" for k, v in (fields or {}).items())
-        self.log_request_line(err.status, f"{extra} error=AADSTS{err.code}".strip())
+        self.log_request_line(err.status, f"{fmt_fields(fields)} error=AADSTS{err.code}".strip())
 
     def do_GET(self):
         path = urllib.parse.urlsplit(self.path).path
@@ -536,7 +543,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "tenant_region_scope": None,
                 "cloud_instance_name": "vaultsync.local",
             })
-            self.log_request_line(200, f"tenant={tenant}")
+            self.log_request_line(200, fmt_fields({"tenant": tenant}))
             return
         self.send_json(404, {"error": "not_found", "error_description": f"No route for GET {path}."})
         self.log_request_line(404)
@@ -578,7 +585,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                   fields)
             return
         self.send_json(200, payload)
-        self.log_request_line(200, " ".join(f"{k}={v}" for k, v in fields.items()) + " issued")
+        self.log_request_line(200, fmt_fields(fields) + " issued")
 
 
 class TLSThreadingServer(http.server.ThreadingHTTPServer):
