@@ -66,7 +66,11 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn check(file: &std::path::Path, config: &std::path::Path, namespace: Option<String>) -> anyhow::Result<()> {
+async fn check(
+    file: &std::path::Path,
+    config: &std::path::Path,
+    namespace: Option<String>,
+) -> anyhow::Result<()> {
     let config = Config::load(config)?;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;

@@ -191,7 +191,7 @@ fn malformed() -> Vec<(&'static str, Value, &'static str)> {
             vault_secret(
                 json!({"vault": {"address": "https://attacker.example:8200", "kv": kv()}}),
             ),
-            "unknown field \"spec.vault.address\"",
+            ".spec.vault.address: field not declared in schema",
         ),
         (
             "key vault URL instead of a name",
