@@ -15,7 +15,7 @@ use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -229,8 +229,16 @@ fn controller_for<K: SyncedResource>(
         .default_backoff()
         .reflect(writer)
         .touched_objects();
+    // Only spec changes (generation) trigger a reconcile: the operator's own status
+    // writes must not, or every sync would schedule the next one at once.
+    let (object_reader, object_writer) = reflector::store();
+    let object_events = watcher(objects, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(object_writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
     let concurrency = ctx.config.defaults.concurrency;
-    Controller::new(objects, watcher::Config::default().any_semantic())
+    Controller::for_stream(object_events, object_reader)
         .owns_stream(secret_events)
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .shutdown_on_signal()

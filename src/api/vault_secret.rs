@@ -30,7 +30,7 @@ const NON_EMPTY: &str = "self != ''";
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[kube(printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#)]
-#[kube(printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expiresAt"}"#)]
+#[kube(printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#)]
 #[kube(printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.lastSyncTime"}"#)]
 #[kube(printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#)]
 #[x_kube(validation = kube::core::Rule::new("!has(self.ttl) || !has(self.refreshInterval) || duration(self.ttl) > duration(self.refreshInterval)").message("ttl must be longer than refreshInterval, or every copy would expire before its next refresh"))]

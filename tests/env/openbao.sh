@@ -181,6 +181,11 @@ EOF
 # The uid of the reviewer ServiceAccount: it changes when the cluster is recreated,
 # and then the reviewer token configured in openbao is worthless.
 reviewer_uid() { kubectl -n kube-system get serviceaccount vault-auth -o jsonpath='{.metadata.uid}' 2>/dev/null || true; }
+reviewer_changed() {
+  local uid
+  uid=$(reviewer_uid)
+  [[ -z $uid || $uid != "$(cat "$REVIEWER_UID" 2>/dev/null)" ]]
+}
 
 write_env() {
   cat >"$ENV_DIR/openbao.env.tmp" <<EOF
@@ -198,7 +203,7 @@ up() {
     if [[ -f $CONFIGURED && $(cat "$CONFIGURED") == $(cat "$PIDFILE") ]]; then
       log "openbao already running and configured on $ADDR (reusing)"
       write_env
-      if [[ -f $ENV_DIR/k8s.env ]] && (load_k8s_env 2>/dev/null && [[ $(reviewer_uid) != $(cat "$REVIEWER_UID" 2>/dev/null) ]]); then
+      if [[ -f $ENV_DIR/k8s.env ]] && (load_k8s_env 2>/dev/null && reviewer_changed); then
         step "openbao: Kubernetes auth again (the cluster was recreated)" configure_kubernetes
       fi
       return 0
@@ -271,7 +276,7 @@ check() {
     log "check: Kubernetes auth skipped ($ENV_DIR/k8s.env missing)"
   else
     load_k8s_env
-    local ns=env-check jwt
+    local ns=env-check-$$ jwt
     kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
     kubectl -n "$ns" create serviceaccount app --dry-run=client -o yaml | kubectl apply -f - >/dev/null
     bao policy write env-check - >/dev/null <<EOF
