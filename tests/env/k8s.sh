@@ -15,6 +15,7 @@ source "$(dirname "$0")/lib.sh"
 MOD_DIR=$ROOT/tests/env/k8s
 # The version is the one the wrapper module requires: go.mod is the single source.
 K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$MOD_DIR/go.mod")
+# Keyed by version only: after editing tests/env/k8s/cmd, delete this directory to rebuild.
 K8S_BIN=$BIN_DIR/k8s-$K8S_VERSION
 BINARIES=(etcd kube-apiserver kube-controller-manager)
 

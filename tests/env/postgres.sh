@@ -10,8 +10,19 @@ PG_ADMIN_USER=vaultsync
 PG_ADMIN_PASSWORD=vaultsync-admin
 PG_DB=app
 STATE=$ENV_DIR/postgres
-DATA=$STATE/data
-LOGFILE=$STATE/postgres.log
+mkdir -p "$STATE"
+# The server runs as the `postgres` OS user when we are root, and must reach its data
+# directory. If $ENV_DIR is not reachable for it (say, a clone under /root), the data
+# lives in /var/tmp instead, one directory per $ENV_DIR, linked from $STATE/data.
+PG_HOME=$STATE
+if ((EUID == 0)) && ! runuser -u postgres -- test -x "$STATE" 2>/dev/null; then
+  PG_HOME=/var/tmp/vaultsync-postgres-$(cksum <<<"$STATE" | cut -d' ' -f1)
+  mkdir -p "$PG_HOME"
+  ln -sfn "$PG_HOME/data" "$STATE/data"
+  ln -sfn "$PG_HOME/postgres.log" "$STATE/postgres.log"
+fi
+DATA=$PG_HOME/data
+LOGFILE=$PG_HOME/postgres.log
 
 PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)}
 [[ -n $PG_BIN && -x $PG_BIN/pg_ctl ]] ||
@@ -32,25 +43,24 @@ admin_psql() {
 }
 
 init_cluster() {
-  mkdir -p "$STATE"
   if ((EUID == 0)); then
     id postgres >/dev/null 2>&1 || die postgres "no 'postgres' OS user; apt-get install postgresql"
-    chown postgres: "$STATE"
-    as_pg test -w "$STATE" ||
-      die postgres "the postgres OS user cannot write $STATE (a parent directory is not world-searchable); set VAULTSYNC_ENV_DIR to a path under /tmp or chmod o+x the parents"
+    chown postgres: "$PG_HOME"
+    as_pg test -w "$PG_HOME" ||
+      die postgres "the postgres OS user cannot write $PG_HOME; set VAULTSYNC_ENV_DIR to a path under /tmp"
   fi
   log "initdb $DATA (superuser $PG_ADMIN_USER)"
   local pwfile
   pwfile=$(mktemp)
   echo "$PG_ADMIN_PASSWORD" >"$pwfile"
   ((EUID == 0)) && chown postgres: "$pwfile"
-  rm -rf "$DATA"
+  rm -rf "${DATA:?}"
   as_pg "$PG_BIN/initdb" -D "$DATA" -U "$PG_ADMIN_USER" --pwfile="$pwfile" \
     --auth-local=scram-sha-256 --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 \
     >"$STATE/initdb.log" 2>&1 || {
     rm -f "$pwfile"
     cat "$STATE/initdb.log" >&2
-    die postgres "initdb failed (log: $STATE/initdb.log); rm -rf $STATE and rerun"
+    die postgres "initdb failed (log: $STATE/initdb.log); rm -rf $STATE $PG_HOME and rerun"
   }
   rm -f "$pwfile"
   # Only loopback TCP with passwords; nothing else may connect.
@@ -89,7 +99,7 @@ up() {
     ((EUID == 0)) && chown postgres: "$LOGFILE"
     pg_ctl start -w -t 60 -l "$LOGFILE" >/dev/null 2>&1 || {
       tail -n 20 "$LOGFILE" >&2
-      die postgres "pg_ctl start failed (log: $LOGFILE); is port $PG_PORT taken (ss -ltnp | grep $PG_PORT)? else rm -rf $STATE and rerun"
+      die postgres "pg_ctl start failed (log: $LOGFILE); is port $PG_PORT taken (ss -ltnp | grep $PG_PORT)? else rm -rf $STATE $PG_HOME and rerun"
     }
     wait_for postgres 30 "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" ||
       die postgres "postgresql does not accept connections on 127.0.0.1:$PG_PORT (log: $LOGFILE)"
@@ -114,7 +124,7 @@ down() {
     pg_ctl stop -m fast -w -t 60 >/dev/null ||
       die postgres "pg_ctl stop failed; see $LOGFILE and 'ps -u postgres'"
   fi
-  # The data directory is kept so the next `up` is fast; rm -rf $STATE to start over.
+  # The data directory is kept so the next `up` is fast; rm -rf $STATE $PG_HOME to start over.
   rm -f "$ENV_DIR/postgres.env"
 }
 

@@ -7,6 +7,7 @@ cd "$ROOT"
 
 step "tools (kubectl, helm, bao, java, psql)" bash tests/env/tools.sh up
 step "kubernetes control plane (etcd, kube-apiserver, kube-controller-manager)" bash tests/env/k8s.sh up
+step "operator namespace vaultsync-system" bash -c 'source "$0/k8s.env" && kubectl create namespace vaultsync-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null' "$ENV_DIR"
 step "postgresql" bash tests/env/postgres.sh up
 step "openbao" bash tests/env/openbao.sh up
 step "lowkey vault and local token endpoint" bash tests/env/lowkey.sh up

@@ -1,0 +1,795 @@
+//! VaultSecret end to end: a real operator process against the local apiserver and
+//! OpenBao, one namespace and one operator per test, tenants logging in with Kubernetes
+//! auth. Every test seeds canary values and checks that none leaks.
+
+mod common;
+mod e2e;
+
+use std::time::Duration;
+
+use e2e::{
+    Operator, apply, assert_no_leak, canary, root_vault, secret, tenant, value, wait_ready,
+    wait_secret,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+async fn setup(prefix: &str) -> (kube::Client, String) {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let ns = common::create_namespace(&client, prefix).await;
+    (client, ns)
+}
+
+fn vault_secret(name: &str, role: &str, source: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: vaultsync.dev/v1alpha1\nkind: VaultSecret\nmetadata: {{name: {name}}}\nspec:\n  vault:\n    auth: {{kubernetes: {{role: {role}, serviceAccountName: app}}}}\n    {source}\n{extra}"
+    )
+}
+
+#[tokio::test]
+async fn kv_v2_keys_version_pin_and_template() {
+    let (client, ns) = setup("e2e-kv2").await;
+    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let root = root_vault();
+    let (old, new) = (canary("old"), canary("new"));
+    let path = format!("{ns}/db");
+    vaultrs::kv2::set(
+        &root,
+        "secret",
+        &path,
+        &json!({"username": "app", "password": old}),
+    )
+    .await
+    .expect("v1");
+    vaultrs::kv2::set(
+        &root,
+        "secret",
+        &path,
+        &json!({"username": "app", "password": new, "extra": "x"}),
+    )
+    .await
+    .expect("v2");
+    let op = Operator::start(&ns, "").await;
+
+    apply(
+        &client,
+        &ns,
+        &vault_secret(
+            "all",
+            &role,
+            &format!("kv: {{mount: secret, path: {path}}}"),
+            "",
+        ),
+    )
+    .await;
+    apply(
+        &client,
+        &ns,
+        &vault_secret(
+            "subset",
+            &role,
+            &format!("kv: {{mount: secret, path: {path}, keys: [password]}}"),
+            "",
+        ),
+    )
+    .await;
+    apply(
+        &client,
+        &ns,
+        &vault_secret(
+            "pinned",
+            &role,
+            &format!("kv: {{mount: secret, path: {path}, version: 1}}"),
+            "",
+        ),
+    )
+    .await;
+    apply(
+        &client,
+        &ns,
+        &vault_secret(
+            "templated",
+            &role,
+            &format!("kv: {{mount: secret, path: {path}}}"),
+            "  output:\n    secret:\n      name: db-url\n      template:\n        url: \"postgres://{{ username }}:{{ password }}@db:5432/app\"\n",
+        ),
+    )
+    .await;
+
+    let all = wait_secret(&client, &ns, "all", "the full copy", |_| true).await;
+    assert_eq!(value(&all, "password").as_deref(), Some(new.as_str()));
+    assert_eq!(all.data.as_ref().map(|d| d.len()), Some(3));
+    assert_eq!(
+        all.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+            .map(String::as_str),
+        Some("vaultsync")
+    );
+    let annotations = all.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("vaultsync.dev/source-version")
+            .map(String::as_str),
+        Some("2")
+    );
+    assert!(annotations.contains_key("vaultsync.dev/expires-at"));
+    let owner = &all.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("VaultSecret", Some(true))
+    );
+
+    let subset = wait_secret(&client, &ns, "subset", "the keys subset", |_| true).await;
+    assert_eq!(
+        subset
+            .data
+            .as_ref()
+            .map(|d| d.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["password".to_string()])
+    );
+    let pinned = wait_secret(&client, &ns, "pinned", "the pinned version", |_| true).await;
+    assert_eq!(value(&pinned, "password").as_deref(), Some(old.as_str()));
+    let templated = wait_secret(&client, &ns, "db-url", "the templated copy", |_| true).await;
+    assert_eq!(
+        value(&templated, "url"),
+        Some(format!("postgres://app:{new}@db:5432/app"))
+    );
+
+    let status = wait_ready(&client, &ns, "VaultSecret", "all", "True", "Synced").await;
+    assert_eq!(status["secretName"], "all");
+    assert_eq!(status["sourceVersion"], "2");
+    assert!(
+        status["dataHmac"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("hmac-sha256:"))
+    );
+    for field in [
+        "lastSyncTime",
+        "expiresAt",
+        "nextRefreshTime",
+        "observedGeneration",
+    ] {
+        assert!(!status[field].is_null(), "status.{field} is set");
+    }
+    assert!(
+        e2e::events(&client, &ns)
+            .await
+            .iter()
+            .any(|e| e.starts_with("SecretSynced"))
+    );
+    assert_no_leak(&client, &ns, &op, &[&old, &new]).await;
+    common::delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn kv_v1_sync() {
+    let (client, ns) = setup("e2e-kv1").await;
+    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let value_ = canary("kv1");
+    vaultrs::kv1::set(
+        &root_vault(),
+        "kv1",
+        &format!("{ns}/app"),
+        &[("token", value_.as_str())].into(),
+    )
+    .await
+    .expect("write KV v1 (is kv1/ mounted? run `make env-up`)");
+    let op = Operator::start(&ns, "").await;
+    apply(
+        &client,
+        &ns,
+        &vault_secret(
+            "v1",
+            &role,
+            &format!("kv: {{mount: kv1, path: {ns}/app}}"),
+            "",
+        ),
+    )
+    .await;
+    let copy = wait_secret(&client, &ns, "v1", "the KV v1 copy", |_| true).await;
+    assert_eq!(value(&copy, "token").as_deref(), Some(value_.as_str()));
+    wait_ready(&client, &ns, "VaultSecret", "v1", "True", "Synced").await;
+    assert_no_leak(&client, &ns, &op, &[&value_]).await;
+    common::delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn rotation_restarts_workloads_and_refreshes_do_not_write() {
+    let (client, ns) = setup("e2e-rotate").await;
+    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let root = root_vault();
+    let (first, second) = (canary("first"), canary("second"));
+    let path = format!("{ns}/app");
+    vaultrs::kv2::set(&root, "secret", &path, &json!({"password": first}))
+        .await
+        .expect("seed");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "api"},
+        "spec": {"selector": {"matchLabels": {"app": "api"}},
+                 "template": {"metadata": {"labels": {"app": "api"}},
+                              "spec": {"containers": [{"name": "api", "image": "example.invalid/api"}]}}}
+    }))
+    .expect("deployment");
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create deployment");
+
+    let op = Operator::start(&ns, "").await;
+    apply(
+        &client,
+        &ns,
+        &vault_secret(
+            "app",
+            &role,
+            &format!("kv: {{mount: secret, path: {path}}}"),
+            "  refreshInterval: 1s\n  ttl: 8s\n  rolloutRestartTargets: [{kind: Deployment, name: api}]\n",
+        ),
+    )
+    .await;
+    wait_secret(&client, &ns, "app", "the first copy", |s| {
+        value(s, "password").as_deref() == Some(first.as_str())
+    })
+    .await;
+    wait_ready(&client, &ns, "VaultSecret", "app", "True", "Synced").await;
+
+    // Steady state: ~8 refreshes of unchanged data write no data, and the expiry mark
+    // moves at most once per half ttl (4 s).
+    let data_before = op
+        .metric("vaultsync_secret_writes_total{part=\"data\"}")
+        .await;
+    let meta_before = op
+        .metric("vaultsync_secret_writes_total{part=\"metadata\"}")
+        .await;
+    let syncs_before = op
+        .metric("vaultsync_syncs_total{kind=\"VaultSecret\",result=\"Synced\"}")
+        .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let syncs = op
+        .metric("vaultsync_syncs_total{kind=\"VaultSecret\",result=\"Synced\"}")
+        .await
+        - syncs_before;
+    let data_writes = op
+        .metric("vaultsync_secret_writes_total{part=\"data\"}")
+        .await
+        - data_before;
+    let meta_writes = op
+        .metric("vaultsync_secret_writes_total{part=\"metadata\"}")
+        .await
+        - meta_before;
+    assert!(syncs >= 4.0, "refreshes happened ({syncs})");
+    assert_eq!(data_writes, 0.0, "unchanged data is never rewritten");
+    assert!(
+        meta_writes <= 3.0,
+        "the expiry mark moved {meta_writes} times in 8 s with a 8 s ttl"
+    );
+    let restarted = deployments.get("api").await.expect("deployment");
+    assert!(
+        restarted
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .is_none_or(|a| !a.contains_key("vaultsync.dev/restartedAt")),
+        "a plain refresh restarts nothing"
+    );
+
+    // Rotation: a new value in OpenBao lands within a refresh, with one Event and a restart.
+    vaultrs::kv2::set(&root, "secret", &path, &json!({"password": second}))
+        .await
+        .expect("rotate");
+    wait_secret(&client, &ns, "app", "the rotated copy", |s| {
+        value(s, "password").as_deref() == Some(second.as_str())
+    })
+    .await;
+    common::wait_until(
+        Duration::from_secs(15),
+        "the restart annotation on the Deployment",
+        || {
+            let deployments = deployments.clone();
+            async move {
+                let d = deployments.get("api").await.ok()?;
+                d.spec?
+                    .template
+                    .metadata?
+                    .annotations?
+                    .get("vaultsync.dev/restartedAt")
+                    .cloned()
+            }
+        },
+    )
+    .await;
+    let events = e2e::events(&client, &ns).await;
+    assert!(
+        events.iter().any(|e| e.starts_with("SecretRotated")),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e.starts_with("WorkloadRestarted")),
+        "{events:?}"
+    );
+    let status = wait_ready(&client, &ns, "VaultSecret", "app", "True", "Synced").await;
+    assert_eq!(status["sourceVersion"], "2");
+    assert_no_leak(&client, &ns, &op, &[&first, &second]).await;
+    common::delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn drift_is_repaired_and_deleting_the_resource_collects_the_copy() {
+    let (client, ns) = setup("e2e-drift").await;
+    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let original = canary("drift");
+    vaultrs::kv2::set(
+        &root_vault(),
+        "secret",
+        &format!("{ns}/app"),
+        &json!({"password": original}),
+    )
+    .await
+    .expect("seed");
+    let op = Operator::start(&ns, "").await;
+    // A long refresh interval: repairs must come from the watch, not the schedule.
+    apply(
+        &client,
+        &ns,
+        &vault_secret(
+            "app",
+            &role,
+            &format!("kv: {{mount: secret, path: {ns}/app}}"),
+            "  refreshInterval: 30m\n  ttl: 2h\n",
+        ),
+    )
+    .await;
+    let is_original = |s: &Secret| value(s, "password").as_deref() == Some(original.as_str());
+    wait_secret(&client, &ns, "app", "the copy", is_original).await;
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"password": "tampered", "added": "x"}})),
+        )
+        .await
+        .expect("edit the copy");
+    let repaired = wait_secret(&client, &ns, "app", "the edited copy to be repaired", |s| {
+        is_original(s) && value(s, "added").is_none()
+    })
+    .await;
+    assert_eq!(repaired.data.map(|d| d.len()), Some(1));
+
+    secrets
+        .delete("app", &DeleteParams::default())
+        .await
+        .expect("delete the copy");
+    wait_secret(
+        &client,
+        &ns,
+        "app",
+        "the deleted copy to be restored",
+        is_original,
+    )
+    .await;
+
+    let resources: Api<kube::core::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+            "vaultsync.dev",
+            "v1alpha1",
+            "VaultSecret",
+        )),
+    );
+    resources
+        .delete("app", &DeleteParams::default())
+        .await
+        .expect("delete the VaultSecret");
+    common::wait_until(
+        Duration::from_secs(60),
+        "the garbage collector to delete the copy",
+        || {
+            let client = client.clone();
+            let ns = ns.clone();
+            async move { secret(&client, &ns, "app").await.is_none().then_some(()) }
+        },
+    )
+    .await;
+    assert_no_leak(&client, &ns, &op, &[&original]).await;
+    common::delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn a_foreign_secret_is_a_conflict_and_stays_untouched() {
+    let (client, ns) = setup("e2e-conflict").await;
+    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let value_ = canary("conflict");
+    vaultrs::kv2::set(
+        &root_vault(),
+        "secret",
+        &format!("{ns}/app"),
+        &json!({"password": value_}),
+    )
+    .await
+    .expect("seed");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let foreign: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "taken"}, "stringData": {"mine": "keep"}}),
+    )
+    .expect("secret");
+    let before = secrets
+        .create(&PostParams::default(), &foreign)
+        .await
+        .expect("foreign secret");
+
+    let op = Operator::start(&ns, "").await;
+    apply(
+        &client,
+        &ns,
+        &vault_secret(
+            "first",
+            &role,
+            &format!("kv: {{mount: secret, path: {ns}/app}}"),
+            "  output: {secret: {name: taken}}\n",
+        ),
+    )
+    .await;
+    let status = wait_ready(&client, &ns, "VaultSecret", "first", "False", "Conflict").await;
+    assert!(
+        status["conditions"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("never overwrites"))
+    );
+    let after = secrets.get("taken").await.expect("foreign secret");
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "untouched"
+    );
+
+    // Two resources claiming one name: the second gets the conflict, no tug of war.
+    apply(
+        &client,
+        &ns,
+        &vault_secret(
+            "owner",
+            &role,
+            &format!("kv: {{mount: secret, path: {ns}/app}}"),
+            "  output: {secret: {name: shared}}\n",
+        ),
+    )
+    .await;
+    let owned = wait_secret(&client, &ns, "shared", "the first claim", |_| true).await;
+    apply(
+        &client,
+        &ns,
+        &vault_secret(
+            "intruder",
+            &role,
+            &format!("kv: {{mount: secret, path: {ns}/app}}"),
+            "  output: {secret: {name: shared}}\n",
+        ),
+    )
+    .await;
+    wait_ready(&client, &ns, "VaultSecret", "intruder", "False", "Conflict").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = secrets.get("shared").await.expect("shared");
+    assert_eq!(
+        still.metadata.resource_version,
+        owned.metadata.resource_version
+    );
+    assert!(
+        e2e::events(&client, &ns)
+            .await
+            .iter()
+            .any(|e| e.starts_with("SyncFailed"))
+    );
+    assert_no_leak(&client, &ns, &op, &[&value_]).await;
+    common::delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn tenants_cannot_read_each_others_paths() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let ns_a = common::create_namespace(&client, "e2e-tenant-a").await;
+    let ns_b = common::create_namespace(&client, "e2e-tenant-b").await;
+    tenant(&client, &ns_a, "app", &format!("{ns_a}/")).await;
+    let role_b = tenant(&client, &ns_b, "app", &format!("{ns_b}/")).await;
+    let secret_a = canary("tenant-a");
+    vaultrs::kv2::set(
+        &root_vault(),
+        "secret",
+        &format!("{ns_a}/app"),
+        &json!({"password": secret_a}),
+    )
+    .await
+    .expect("seed");
+
+    let op = Operator::start(&ns_b, "").await;
+    apply(
+        &client,
+        &ns_b,
+        &vault_secret(
+            "steal",
+            &role_b,
+            &format!("kv: {{mount: secret, path: {ns_a}/app}}"),
+            "",
+        ),
+    )
+    .await;
+    let status = wait_ready(
+        &client,
+        &ns_b,
+        "VaultSecret",
+        "steal",
+        "False",
+        "AuthFailed",
+    )
+    .await;
+    assert!(
+        status["conditions"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("permission denied"))
+    );
+    assert!(
+        secret(&client, &ns_b, "steal").await.is_none(),
+        "no Secret appears"
+    );
+    assert_no_leak(&client, &ns_b, &op, &[&secret_a]).await;
+    common::delete_namespace(&client, &ns_a).await;
+    common::delete_namespace(&client, &ns_b).await;
+}
+
+#[tokio::test]
+async fn denial_keeps_the_copy_until_expiry_then_collects_and_restores() {
+    let (client, ns) = setup("e2e-denial").await;
+    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let root = root_vault();
+    let value_ = canary("denial");
+    vaultrs::kv2::set(
+        &root,
+        "secret",
+        &format!("{ns}/app"),
+        &json!({"password": value_}),
+    )
+    .await
+    .expect("seed");
+    let op = Operator::start(&ns, "").await;
+    apply(
+        &client,
+        &ns,
+        &vault_secret(
+            "app",
+            &role,
+            &format!("kv: {{mount: secret, path: {ns}/app}}"),
+            "  refreshInterval: 1s\n  ttl: 6s\n",
+        ),
+    )
+    .await;
+    let before = wait_secret(&client, &ns, "app", "the copy", |_| true).await;
+
+    // Take the tenant's access away.
+    vaultrs::sys::policy::set(
+        &root,
+        &role,
+        "path \"secret/data/nothing\" { capabilities = [\"read\"] }",
+    )
+    .await
+    .expect("deny");
+    wait_ready(&client, &ns, "VaultSecret", "app", "False", "AuthFailed").await;
+    let during = secret(&client, &ns, "app")
+        .await
+        .expect("the copy is kept while valid");
+    assert_eq!(
+        during.data, before.data,
+        "byte-identical while the backend denies"
+    );
+    common::wait_until(
+        Duration::from_secs(20),
+        "the expired copy to be collected",
+        || {
+            let client = client.clone();
+            let ns = ns.clone();
+            async move { secret(&client, &ns, "app").await.is_none().then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        e2e::events(&client, &ns)
+            .await
+            .iter()
+            .any(|e| e.starts_with("SecretExpired"))
+    );
+
+    // Access returns: the copy comes back.
+    tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let restored = wait_secret(&client, &ns, "app", "the restored copy", |_| true).await;
+    assert_eq!(restored.data, before.data);
+    assert_no_leak(&client, &ns, &op, &[&value_]).await;
+    common::delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn one_login_per_identity_across_many_reconciles() {
+    let (client, ns) = setup("e2e-logins").await;
+    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let value_ = canary("logins");
+    vaultrs::kv2::set(
+        &root_vault(),
+        "secret",
+        &format!("{ns}/app"),
+        &json!({"password": value_}),
+    )
+    .await
+    .expect("seed");
+    let op = Operator::start(&ns, "").await;
+    for i in 0..5 {
+        apply(
+            &client,
+            &ns,
+            &vault_secret(
+                &format!("s{i}"),
+                &role,
+                &format!("kv: {{mount: secret, path: {ns}/app}}"),
+                "  refreshInterval: 1s\n  ttl: 1h\n",
+            ),
+        )
+        .await;
+    }
+    for i in 0..5 {
+        wait_secret(&client, &ns, &format!("s{i}"), "each copy", |_| true).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let syncs = op
+        .metric("vaultsync_syncs_total{kind=\"VaultSecret\",result=\"Synced\"}")
+        .await;
+    let logins = op
+        .metric("vaultsync_vault_logins_total{connection=\"default\",outcome=\"ok\"}")
+        .await;
+    assert!(syncs >= 15.0, "many reconciles ({syncs})");
+    assert_eq!(logins, 1.0, "one identity, one login");
+    assert_no_leak(&client, &ns, &op, &[&value_]).await;
+    common::delete_namespace(&client, &ns).await;
+}
+
+/// A KV v2 secret with `count` keys. OpenBao refuses requests with too many JSON strings,
+/// so the keys arrive in merge patches of 400.
+async fn write_many_keys(path: &str, count: usize) {
+    let http = reqwest::Client::new();
+    let url = format!(
+        "{}/v1/secret/data/{path}",
+        common::env("VAULT_ADDR", "OpenBao server")
+    );
+    let token = common::env("VAULT_TOKEN", "OpenBao server");
+    for chunk in (0..count).collect::<Vec<_>>().chunks(400) {
+        let data: serde_json::Map<String, serde_json::Value> = chunk
+            .iter()
+            .map(|i| (format!("key{i}"), json!("y".repeat(120))))
+            .collect();
+        let first = chunk[0] == 0;
+        let request = if first {
+            http.post(&url)
+        } else {
+            http.patch(&url)
+                .header("Content-Type", "application/merge-patch+json")
+        };
+        let response = request
+            .header("X-Vault-Token", &token)
+            .json(&json!({"data": data}))
+            .send()
+            .await
+            .expect("write keys");
+        assert!(
+            response.status().is_success(),
+            "writing many keys: {}",
+            response.status()
+        );
+    }
+}
+
+#[tokio::test]
+async fn hostile_payloads_fail_closed_and_do_not_block_others() {
+    let (client, ns) = setup("e2e-hostile").await;
+    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let root = root_vault();
+    let good = canary("good");
+    let huge = format!("{}{}", canary("huge"), "x".repeat(1024 * 1024 + 10));
+    vaultrs::kv2::set(
+        &root,
+        "secret",
+        &format!("{ns}/good"),
+        &json!({"password": good}),
+    )
+    .await
+    .expect("good");
+    vaultrs::kv2::set(
+        &root,
+        "secret",
+        &format!("{ns}/huge"),
+        &json!({"blob": huge}),
+    )
+    .await
+    .expect("huge");
+    vaultrs::kv2::set(
+        &root,
+        "secret",
+        &format!("{ns}/badkey"),
+        &json!({"bad key/../x": good}),
+    )
+    .await
+    .expect("badkey");
+    write_many_keys(&format!("{ns}/many"), 10_000).await;
+    vaultrs::kv2::set(
+        &root,
+        "secret",
+        &format!("{ns}/tls"),
+        &json!({"tls.crt": good, "tls.key": good}),
+    )
+    .await
+    .expect("tls");
+    let op = Operator::start(&ns, "").await;
+
+    let kv = |p: &str| format!("kv: {{mount: secret, path: {ns}/{p}}}");
+    apply(&client, &ns, &vault_secret("huge", &role, &kv("huge"), "")).await;
+    apply(
+        &client,
+        &ns,
+        &vault_secret("badkey", &role, &kv("badkey"), ""),
+    )
+    .await;
+    apply(&client, &ns, &vault_secret("many", &role, &kv("many"), "")).await;
+    apply(&client, &ns, &vault_secret("loop", &role, &kv("good"), "  output:\n    secret:\n      template:\n        x: \"{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}\"\n")).await;
+    apply(
+        &client,
+        &ns,
+        &vault_secret(
+            "bomb",
+            &role,
+            &kv("good"),
+            "  output:\n    secret:\n      template:\n        x: \"{{ password * 1000000 }}\"\n",
+        ),
+    )
+    .await;
+    apply(
+        &client,
+        &ns,
+        &vault_secret(
+            "badtls",
+            &role,
+            &kv("tls"),
+            "  output: {secret: {type: kubernetes.io/tls}}\n",
+        ),
+    )
+    .await;
+    apply(&client, &ns, &vault_secret("good", &role, &kv("good"), "")).await;
+
+    let copy = wait_secret(
+        &client,
+        &ns,
+        "good",
+        "the good copy despite the bad ones",
+        |_| true,
+    )
+    .await;
+    assert_eq!(value(&copy, "password").as_deref(), Some(good.as_str()));
+    for (name, reason) in [
+        ("huge", "InvalidData"),
+        ("badkey", "InvalidData"),
+        ("many", "InvalidData"),
+        ("loop", "InvalidSpec"),
+        ("bomb", "InvalidData"),
+        ("badtls", "InvalidData"),
+    ] {
+        wait_ready(&client, &ns, "VaultSecret", name, "False", reason).await;
+        assert!(
+            secret(&client, &ns, name).await.is_none(),
+            "{name}: nothing is written"
+        );
+    }
+    assert_no_leak(&client, &ns, &op, &[&good, &huge[..40]]).await;
+    common::delete_namespace(&client, &ns).await;
+}
