@@ -16,7 +16,7 @@ build:
 
 # The environment is brought up first, so a fresh machine needs nothing beforehand.
 test: env-up lint
-	source $(ENV_SH) && cargo test --all-targets -- --test-threads=4
+	source $(ENV_SH) && cargo test --no-fail-fast --all-targets -- --test-threads=4
 
 # Lowkey Vault (the Azure Key Vault double) cannot be downloaded here; see README.
 test-azure: env-up

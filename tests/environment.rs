@@ -39,7 +39,17 @@ async fn service_account_token(
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     // The service-account controller of kube-controller-manager creates `default`; other
     // accounts are created here.
-    if sa != "default" {
+    if sa == "default" {
+        common::wait_until(
+            Duration::from_secs(30),
+            "the default service account",
+            || {
+                let accounts = accounts.clone();
+                async move { accounts.get_opt("default").await.ok().flatten() }
+            },
+        )
+        .await;
+    } else {
         let account: ServiceAccount =
             serde_json::from_value(json!({"metadata": {"name": sa}})).expect("sa");
         accounts
