@@ -793,3 +793,265 @@ async fn hostile_payloads_fail_closed_and_do_not_block_others() {
     assert_no_leak(&client, &ns, &op, &[&good, &huge[..40]]).await;
     common::delete_namespace(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn approle_and_token_auth_read_their_secret_from_this_namespace() {
+    let (client, ns) = setup("e2e-approle").await;
+    // The policy comes from the tenant helper; the service account is unused here.
+    let policy = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let root = root_vault();
+    let value_ = canary("approle");
+    vaultrs::kv2::set(
+        &root,
+        "secret",
+        &format!("{ns}/app"),
+        &json!({"password": value_}),
+    )
+    .await
+    .expect("seed");
+    vaultrs::auth::approle::role::set(
+        &root,
+        "approle",
+        &ns,
+        Some(
+            vaultrs::api::auth::approle::requests::SetAppRoleRequest::builder()
+                .token_policies(vec![policy.clone()]),
+        ),
+    )
+    .await
+    .expect("approle role (is auth/approle enabled? run `make env-up`)");
+    let role_id = vaultrs::auth::approle::role::read_id(&root, "approle", &ns)
+        .await
+        .expect("role id")
+        .role_id;
+    let secret_id = vaultrs::auth::approle::role::secret::generate(&root, "approle", &ns, None)
+        .await
+        .expect("secret id")
+        .secret_id;
+    let token = vaultrs::token::new(
+        &root,
+        Some(
+            vaultrs::api::token::requests::CreateTokenRequest::builder()
+                .policies(vec![policy])
+                .ttl("10m"),
+        ),
+    )
+    .await
+    .expect("token")
+    .client_token;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let creds: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "vault-creds"},
+        "stringData": {"secret-id": secret_id, "token": token}
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &creds)
+        .await
+        .expect("creds secret");
+
+    let op = Operator::start(&ns, "").await;
+    let kv = format!("kv: {{mount: secret, path: {ns}/app}}");
+    apply(&client, &ns, &format!(
+        "apiVersion: vaultsync.dev/v1alpha1\nkind: VaultSecret\nmetadata: {{name: by-approle}}\nspec:\n  vault:\n    auth: {{appRole: {{roleId: {role_id}, secretIdRef: {{name: vault-creds, key: secret-id}}}}}}\n    {kv}\n"
+    )).await;
+    apply(&client, &ns, &format!(
+        "apiVersion: vaultsync.dev/v1alpha1\nkind: VaultSecret\nmetadata: {{name: by-token}}\nspec:\n  vault:\n    auth: {{token: {{secretRef: {{name: vault-creds, key: token}}}}}}\n    {kv}\n"
+    )).await;
+    apply(&client, &ns, &format!(
+        "apiVersion: vaultsync.dev/v1alpha1\nkind: VaultSecret\nmetadata: {{name: missing-ref}}\nspec:\n  vault:\n    auth: {{token: {{secretRef: {{name: nowhere, key: token}}}}}}\n    {kv}\n"
+    )).await;
+    for name in ["by-approle", "by-token"] {
+        let copy = wait_secret(&client, &ns, name, "the copy", |_| true).await;
+        assert_eq!(
+            value(&copy, "password").as_deref(),
+            Some(value_.as_str()),
+            "{name}"
+        );
+    }
+    let status = wait_ready(
+        &client,
+        &ns,
+        "VaultSecret",
+        "missing-ref",
+        "False",
+        "AuthFailed",
+    )
+    .await;
+    assert!(
+        status["conditions"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nowhere"))
+    );
+    assert_no_leak(&client, &ns, &op, &[&value_, &token, &secret_id]).await;
+    common::delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn typed_secrets_are_checked_before_writing() {
+    let (client, ns) = setup("e2e-types").await;
+    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let root = root_vault();
+    // A real certificate and key from OpenBao's PKI engine.
+    let issued = vaultrs::pki::cert::generate(
+        &root,
+        "pki",
+        "web",
+        Some(
+            vaultrs::api::pki::requests::GenerateCertificateRequest::builder()
+                .common_name("app.example.com"),
+        ),
+    )
+    .await
+    .expect("issue a certificate (is pki/ set up? run `make env-up`)");
+    let password = canary("types");
+    let docker = json!({"auths": {"registry.example.com": {"auth": password}}}).to_string();
+    vaultrs::kv2::set(
+        &root,
+        "secret",
+        &format!("{ns}/tls"),
+        &json!({"tls.crt": issued.certificate, "tls.key": issued.private_key}),
+    )
+    .await
+    .expect("tls");
+    vaultrs::kv2::set(
+        &root,
+        "secret",
+        &format!("{ns}/basic"),
+        &json!({"username": "app", "password": password}),
+    )
+    .await
+    .expect("basic");
+    vaultrs::kv2::set(
+        &root,
+        "secret",
+        &format!("{ns}/docker"),
+        &json!({".dockerconfigjson": docker}),
+    )
+    .await
+    .expect("docker");
+    vaultrs::kv2::set(
+        &root,
+        "secret",
+        &format!("{ns}/notjson"),
+        &json!({".dockerconfigjson": password}),
+    )
+    .await
+    .expect("bad");
+    let op = Operator::start(&ns, "").await;
+    let kv = |p: &str| format!("kv: {{mount: secret, path: {ns}/{p}}}");
+    for (name, path, type_) in [
+        ("tls", "tls", "kubernetes.io/tls"),
+        ("basic", "basic", "kubernetes.io/basic-auth"),
+        ("docker", "docker", "kubernetes.io/dockerconfigjson"),
+        ("docker-bad", "notjson", "kubernetes.io/dockerconfigjson"),
+        ("tls-bad", "basic", "kubernetes.io/tls"),
+    ] {
+        apply(
+            &client,
+            &ns,
+            &vault_secret(
+                name,
+                &role,
+                &kv(path),
+                &format!("  output: {{secret: {{type: {type_}}}}}\n"),
+            ),
+        )
+        .await;
+    }
+    for (name, type_) in [
+        ("tls", "kubernetes.io/tls"),
+        ("basic", "kubernetes.io/basic-auth"),
+        ("docker", "kubernetes.io/dockerconfigjson"),
+    ] {
+        let copy = wait_secret(&client, &ns, name, "a typed copy", |_| true).await;
+        assert_eq!(copy.type_.as_deref(), Some(type_));
+    }
+    for name in ["docker-bad", "tls-bad"] {
+        let status = wait_ready(&client, &ns, "VaultSecret", name, "False", "InvalidData").await;
+        assert!(secret(&client, &ns, name).await.is_none());
+        let message = status["conditions"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            !message.contains(&password),
+            "the message names the problem, not the value"
+        );
+    }
+    assert_no_leak(&client, &ns, &op, &[&password, &issued.private_key[40..80]]).await;
+    common::delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn check_prints_key_names_and_sizes_only() {
+    let (client, ns) = setup("e2e-check").await;
+    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let value_ = canary("check");
+    vaultrs::kv2::set(
+        &root_vault(),
+        "secret",
+        &format!("{ns}/app"),
+        &json!({"password": value_, "user": "app"}),
+    )
+    .await
+    .expect("seed");
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("e2e")
+        .join(&ns);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("check-config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "vault:\n  default:\n    address: {}\n",
+            common::env("VAULT_ADDR", "OpenBao server")
+        ),
+    )
+    .expect("config");
+    let run = |manifest: String| {
+        let file = dir.join("cr.yaml");
+        std::fs::write(&file, manifest).expect("manifest");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vaultsync"))
+            .args(["check", "-f"])
+            .arg(&file)
+            .arg("--config")
+            .arg(&config)
+            .args(["-n", &ns])
+            .output()
+            .expect("run vaultsync check");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, text) = run(vault_secret(
+        "app",
+        &role,
+        &format!("kv: {{mount: secret, path: {ns}/app}}"),
+        "",
+    ));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("password") && text.contains(&format!("{} bytes", value_.len())),
+        "{text}"
+    );
+    assert!(!text.contains(&value_), "check never prints values");
+    let (ok, text) = run(vault_secret(
+        "app",
+        &role,
+        &format!("kv: {{mount: secret, path: {ns}/missing}}"),
+        "",
+    ));
+    assert!(!ok, "a failing check exits non-zero");
+    assert!(text.contains("NotFound"), "{text}");
+    assert!(
+        secret(&client, &ns, "app").await.is_none(),
+        "check writes nothing"
+    );
+    common::delete_namespace(&client, &ns).await;
+}
