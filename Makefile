@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 ENV_SH := target/env/env.sh
 
-.PHONY: help build test test-azure lint fmt-check clippy crds crd-check env-up env-down env-status demo
+.PHONY: help build run test test-azure lint fmt-check clippy crds crd-check env-up env-down env-status demo
 
 help:
 	@echo "make demo      bring up the local environment and show vaultsync on it"
@@ -38,6 +38,12 @@ crds:
 crd-check:
 	@cargo run --quiet -- crds | diff -u crds/vaultsync.dev.yaml - \
 	  || { echo "crds/ is stale: run 'make crds' and commit the result"; exit 1; }
+
+# Runs the operator in the foreground against the local environment.
+run: env-up
+	cargo build
+	kubectl --kubeconfig target/env/k8s/kubeconfig apply --server-side -f crds/ >/dev/null
+	source $(ENV_SH) && target/debug/vaultsync run --config "$$VAULTSYNC_CONFIG"
 
 env-up:
 	bash tests/env/up.sh
