@@ -42,7 +42,7 @@ crd-check:
 # Runs the operator in the foreground against the local environment.
 run: env-up
 	cargo build
-	kubectl --kubeconfig target/env/k8s/kubeconfig apply --server-side -f crds/ >/dev/null
+	source $(ENV_SH) && kubectl apply --server-side -f crds/ >/dev/null
 	source $(ENV_SH) && target/debug/vaultsync run --config "$$VAULTSYNC_CONFIG"
 
 env-up:
