@@ -8,7 +8,6 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
@@ -57,19 +56,10 @@ async fn service_account_token(
             .await
             .expect("create service account");
     }
-    let request: TokenRequest = serde_json::from_value(json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": [audience], "expirationSeconds": 600}
-    }))
-    .expect("token request");
-    let issued: TokenRequest = accounts
-        .create_subresource("token", sa, &PostParams::default(), &request)
+    // The operator's own TokenRequest code, which every backend logs in with.
+    vaultsync::backend::service_account_token(client, ns, sa, audience)
         .await
-        .expect("TokenRequest for the service account");
-    issued
-        .status
-        .and_then(|s| s.token)
-        .expect("TokenRequest returns a token")
+        .expect("TokenRequest for the service account")
 }
 
 #[tokio::test]

@@ -5,9 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    DURATION_MESSAGE, DURATION_RULE, RolloutRestartTarget, SecretKeyRef, SecretTarget, SyncStatus,
-};
+use super::common::{SecretKeyRef, SecretTarget, SyncPolicy, SyncStatus};
 
 const NON_EMPTY: &str = "self != ''";
 
@@ -34,7 +32,6 @@ const NON_EMPTY: &str = "self != ''";
 #[kube(printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#)]
 #[kube(printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.lastSyncTime"}"#)]
 #[kube(printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#)]
-#[x_kube(validation = kube::core::Rule::new("!has(self.ttl) || !has(self.refreshInterval) || duration(self.ttl) > duration(self.refreshInterval)").message("ttl must be longer than refreshInterval, or every copy would expire before its next refresh"))]
 #[serde(rename_all = "camelCase")]
 pub struct AzureKeyVaultSecretSpec {
     /// The Key Vault, how to authenticate, and the object to read.
@@ -44,24 +41,9 @@ pub struct AzureKeyVaultSecretSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<AzureOutput>,
 
-    /// How often to read the object again, such as `5m`. Defaults to the operator's
-    /// configured default; never shorter than its configured minimum.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
-    #[schemars(length(max = 32))]
-    pub refresh_interval: Option<String>,
-
-    /// How long a copy stays valid without a successful refresh, such as `1h`. Once it
-    /// passes, the Secret is deleted. Defaults to the operator's configured default ttl.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
-    #[schemars(length(max = 32))]
-    pub ttl: Option<String>,
-
-    /// Workloads in this namespace to restart when the synced data changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
-    pub rollout_restart_targets: Option<Vec<RolloutRestartTarget>>,
+    /// Refresh interval, ttl and workloads to restart.
+    #[serde(flatten)]
+    pub policy: SyncPolicy,
 }
 
 /// The Key Vault and the object in it.

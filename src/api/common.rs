@@ -157,3 +157,31 @@ pub struct SyncStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_hmac: Option<String>,
 }
+
+/// When to read the source again, how long a copy stays valid, and which workloads to
+/// restart: the same for both kinds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.ttl) || !has(self.refreshInterval) || duration(self.ttl) > duration(self.refreshInterval)").message("ttl must be longer than refreshInterval, or every copy would expire before its next refresh"))]
+#[serde(rename_all = "camelCase")]
+pub struct SyncPolicy {
+    /// How often to read the source again, such as `1h`. Dynamic and PKI sources rotate
+    /// from their lease or certificate lifetime instead. Defaults to the operator's
+    /// configured default; never shorter than its configured minimum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub refresh_interval: Option<String>,
+
+    /// How long a copy stays valid without a successful refresh, such as `3h`. Once it
+    /// passes, the Secret is deleted, so a copy outlives its source's reachability by at
+    /// most this long. Defaults to the operator's configured default ttl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub ttl: Option<String>,
+
+    /// Workloads in this namespace to restart when the synced data changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub rollout_restart_targets: Option<Vec<RolloutRestartTarget>>,
+}

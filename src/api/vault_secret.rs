@@ -4,7 +4,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    DURATION_MESSAGE, DURATION_RULE, RolloutRestartTarget, SecretKeyRef, SecretTarget, SyncStatus,
+    DURATION_MESSAGE, DURATION_RULE, SecretKeyRef, SecretTarget, SyncPolicy, SyncStatus,
 };
 
 const NON_EMPTY: &str = "self != ''";
@@ -33,7 +33,6 @@ const NON_EMPTY: &str = "self != ''";
 #[kube(printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#)]
 #[kube(printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.lastSyncTime"}"#)]
 #[kube(printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#)]
-#[x_kube(validation = kube::core::Rule::new("!has(self.ttl) || !has(self.refreshInterval) || duration(self.ttl) > duration(self.refreshInterval)").message("ttl must be longer than refreshInterval, or every copy would expire before its next refresh"))]
 #[serde(rename_all = "camelCase")]
 pub struct VaultSecretSpec {
     /// Where to read from: the connection, how to log in, and exactly one source
@@ -44,32 +43,15 @@ pub struct VaultSecretSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<VaultOutput>,
 
-    /// How often to read a static (`kv`) source again, such as `1h`. Dynamic and PKI
-    /// sources rotate from their lease or certificate lifetime instead. Defaults to the
-    /// operator's configured default; never shorter than its configured minimum.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
-    #[schemars(length(max = 32))]
-    pub refresh_interval: Option<String>,
-
-    /// How long a copy stays valid without a successful refresh, such as `3h`. Once it
-    /// passes, the Secret is deleted, so a copy outlives its source's reachability by at
-    /// most this long. Defaults to the operator's configured default ttl.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
-    #[schemars(length(max = 32))]
-    pub ttl: Option<String>,
+    /// Refresh interval, ttl and workloads to restart.
+    #[serde(flatten)]
+    pub policy: SyncPolicy,
 
     /// For `database` and `pki` sources: renew or re-issue when this percentage of the
     /// lease or certificate lifetime has passed. Between 1 and 90; default 67.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 90").message("renewalPercent must be between 1 and 90"))]
     pub renewal_percent: Option<i32>,
-
-    /// Workloads in this namespace to restart when the synced data changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
-    pub rollout_restart_targets: Option<Vec<RolloutRestartTarget>>,
 }
 
 /// The Vault connection, authentication and source.

@@ -4,6 +4,16 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, PostParams};
+
+use crate::error::{Error, Result};
+
+/// Lifetime asked for the service-account tokens used to log in. They are used once,
+/// right away, so the minimum the apiserver accepts is plenty.
+const SA_TOKEN_SECONDS: i64 = 600;
+
 /// A secret value. It has no `Display`, and its `Debug` shows only the length, so it
 /// cannot reach a log line or an error message by accident.
 #[derive(Clone, PartialEq, Eq)]
@@ -59,3 +69,42 @@ pub struct Fetched {
     pub not_after: Option<jiff::Timestamp>,
 }
 pub mod vault;
+
+/// A short-lived, audience-bound token for a service account of the resource's namespace:
+/// the tenant identity every backend logs in with.
+pub async fn service_account_token(
+    kube: &kube::Client,
+    namespace: &str,
+    name: &str,
+    audience: &str,
+) -> Result<String> {
+    let api: Api<ServiceAccount> = Api::namespaced(kube.clone(), namespace);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![audience.to_string()]),
+            expiration_seconds: Some(SA_TOKEN_SECONDS),
+            bound_object_ref: None,
+        }),
+        ..Default::default()
+    };
+    let issued: TokenRequest = api
+        .create_subresource("token", name, &PostParams::default(), &request)
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 404 => Error::AuthFailed(format!(
+                "service account {name:?} does not exist in namespace {namespace}"
+            )),
+            kube::Error::Api(s) if s.code == 403 => Error::AuthFailed(format!(
+                "the operator may not request tokens for service account {name:?}: {}",
+                s.message
+            )),
+            other => Error::Kube(other),
+        })?;
+    issued
+        .status
+        .and_then(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Error::AuthFailed("the apiserver returned an empty service-account token".into())
+        })
+}

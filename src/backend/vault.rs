@@ -8,9 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
 use serde_json::Value;
 use vaultrs::api::EndpointMiddleware;
 use vaultrs::client::{Client as _, VaultClient, VaultClientSettings, VaultClientSettingsBuilder};
@@ -21,10 +20,6 @@ use crate::api::{KvSource, VaultAuth, VaultSource};
 use crate::config::{Config, VaultConnection};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-
-/// Lifetime asked for the service-account tokens used to log in. They are used once,
-/// right away, so the minimum the apiserver accepts is plenty.
-const SA_TOKEN_SECONDS: i64 = 600;
 
 /// Who logs in: one cached Vault token per identity.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -230,7 +225,8 @@ impl VaultBackend {
                 role,
             } => {
                 let audience = &self.connections[&resolved.connection].config.token_audience;
-                let jwt = service_account_token(kube, namespace, service_account, audience).await?;
+                let jwt = super::service_account_token(kube, namespace, service_account, audience)
+                    .await?;
                 vaultrs::auth::kubernetes::login(&anonymous, mount, role, &jwt).await
             }
             Identity::AppRole {
@@ -440,44 +436,6 @@ fn cache_entry(token: String, lease_seconds: u64, renewable: bool) -> CachedToke
         refresh_at: Instant::now() + Duration::from_secs(lease * 2 / 3),
         renewable,
     }
-}
-
-/// A short-lived, audience-bound token for a service account of the resource's namespace.
-async fn service_account_token(
-    kube: &kube::Client,
-    namespace: &str,
-    name: &str,
-    audience: &str,
-) -> Result<String> {
-    let api: Api<ServiceAccount> = Api::namespaced(kube.clone(), namespace);
-    let request = TokenRequest {
-        spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
-            audiences: Some(vec![audience.to_string()]),
-            expiration_seconds: Some(SA_TOKEN_SECONDS),
-            bound_object_ref: None,
-        }),
-        ..Default::default()
-    };
-    let issued: TokenRequest = api
-        .create_subresource("token", name, &PostParams::default(), &request)
-        .await
-        .map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 404 => Error::AuthFailed(format!(
-                "service account {name:?} does not exist in namespace {namespace}"
-            )),
-            kube::Error::Api(s) if s.code == 403 => Error::AuthFailed(format!(
-                "the operator may not request tokens for service account {name:?}: {}",
-                s.message
-            )),
-            other => Error::Kube(other),
-        })?;
-    issued
-        .status
-        .and_then(|s| s.token)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            Error::AuthFailed("the apiserver returned an empty service-account token".into())
-        })
 }
 
 /// One key of a Secret in the resource's namespace (a secret-id or token).

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -279,32 +280,18 @@ pub async fn apply<K: SyncedResource>(
 async fn restart_targets<K: SyncedResource>(obj: &K, ctx: &Context, now: Timestamp) {
     let namespace = obj.meta().namespace.clone().unwrap_or_default();
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now.to_string()}}}}});
-    for target in obj.restart_targets() {
-        let params = PatchParams::default();
+    for target in obj.policy().rollout_restart_targets.iter().flatten() {
+        let client = ctx.client.clone();
         let result = match target.kind {
-            WorkloadKind::Deployment => Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
-                ctx.client.clone(),
-                &namespace,
-            )
-            .patch(&target.name, &params, &Patch::Merge(&patch))
-            .await
-            .map(|_| ()),
-            WorkloadKind::StatefulSet => {
-                Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(
-                    ctx.client.clone(),
-                    &namespace,
-                )
-                .patch(&target.name, &params, &Patch::Merge(&patch))
-                .await
-                .map(|_| ())
+            WorkloadKind::Deployment => {
+                bump::<Deployment>(client, &namespace, &target.name, &patch).await
             }
-            WorkloadKind::DaemonSet => Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(
-                ctx.client.clone(),
-                &namespace,
-            )
-            .patch(&target.name, &params, &Patch::Merge(&patch))
-            .await
-            .map(|_| ()),
+            WorkloadKind::StatefulSet => {
+                bump::<StatefulSet>(client, &namespace, &target.name, &patch).await
+            }
+            WorkloadKind::DaemonSet => {
+                bump::<DaemonSet>(client, &namespace, &target.name, &patch).await
+            }
         };
         let (type_, reason, note) = match result {
             Ok(()) => (
@@ -328,6 +315,25 @@ async fn restart_targets<K: SyncedResource>(obj: &K, ctx: &Context, now: Timesta
         };
         ctx.publish(obj, type_, reason, note).await;
     }
+}
+
+/// Merge-patches a workload's pod template.
+async fn bump<W>(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    patch: &serde_json::Value,
+) -> kube::Result<()>
+where
+    W: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<W>::namespaced(client, namespace)
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(|_| ())
 }
 
 fn short_kube_error(e: &kube::Error) -> String {

@@ -18,7 +18,7 @@ use kube::runtime::controller::Action;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::{RolloutRestartTarget, SecretTarget, SyncStatus, VaultSecret};
+use crate::api::{SecretTarget, SyncPolicy, SyncStatus, VaultSecret};
 use crate::backend::Fetched;
 use crate::config::parse_duration;
 use crate::controller::Context;
@@ -39,9 +39,8 @@ pub trait SyncedResource:
     const KIND: &'static str;
     /// The Secret to write.
     fn target(&self) -> SecretTarget;
-    fn refresh_interval(&self) -> Option<&str>;
-    fn ttl(&self) -> Option<&str>;
-    fn restart_targets(&self) -> &[RolloutRestartTarget];
+    /// Refresh interval, ttl and workloads to restart.
+    fn policy(&self) -> &SyncPolicy;
     fn status(&self) -> Option<&SyncStatus>;
     /// Resolve and fetch: read the source as the tenant.
     fn fetch(&self, ctx: &Context) -> impl Future<Output = Result<Fetched>> + Send;
@@ -57,17 +56,8 @@ impl SyncedResource for VaultSecret {
             .and_then(|o| o.secret.clone())
             .unwrap_or_default()
     }
-    fn refresh_interval(&self) -> Option<&str> {
-        self.spec.refresh_interval.as_deref()
-    }
-    fn ttl(&self) -> Option<&str> {
-        self.spec.ttl.as_deref()
-    }
-    fn restart_targets(&self) -> &[RolloutRestartTarget] {
-        self.spec
-            .rollout_restart_targets
-            .as_deref()
-            .unwrap_or_default()
+    fn policy(&self) -> &SyncPolicy {
+        &self.spec.policy
     }
     fn status(&self) -> Option<&SyncStatus> {
         self.status.as_ref()
@@ -109,11 +99,11 @@ pub fn timing<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Timing> {
     };
     let refresh_interval = parse(
         "refreshInterval",
-        obj.refresh_interval(),
+        obj.policy().refresh_interval.as_deref(),
         defaults.refresh_interval,
     )?
     .max(defaults.min_refresh_interval);
-    let ttl = parse("ttl", obj.ttl(), defaults.ttl)?;
+    let ttl = parse("ttl", obj.policy().ttl.as_deref(), defaults.ttl)?;
     if ttl <= refresh_interval {
         return Err(Error::InvalidSpec(format!(
             "ttl ({}s) must be longer than the refresh interval ({}s)",
