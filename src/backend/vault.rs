@@ -61,6 +61,7 @@ type TokenSlot = Arc<tokio::sync::Mutex<Option<CachedToken>>>;
 
 struct Connection {
     config: VaultConnection,
+    limiter: super::RateLimiter,
     settings: VaultClientSettings,
     http: reqwest::Client,
 }
@@ -94,6 +95,7 @@ impl VaultBackend {
                 name.clone(),
                 Connection {
                     config: c.clone(),
+                    limiter: super::RateLimiter::new(c.requests_per_second),
                     settings,
                     http,
                 },
@@ -203,6 +205,7 @@ impl VaultBackend {
             }
             if c.renewable {
                 let client = self.client(&resolved.connection, &c.token)?;
+                self.throttle(&resolved.connection).await;
                 if let Ok(info) = client.renew(None).await {
                     self.metrics.backend_request("vault", "renew_token", "ok");
                     *cached = Some(cache_entry(
@@ -217,6 +220,7 @@ impl VaultBackend {
             }
         }
         let anonymous = self.client(&resolved.connection, "")?;
+        self.throttle(&resolved.connection).await;
         let result = match &resolved.identity {
             Identity::Kubernetes {
                 namespace,
@@ -291,6 +295,7 @@ impl VaultBackend {
                     kv.mount
                 )));
             }
+            self.throttle(&resolved.connection).await;
             let res = vaultrs::kv1::get_raw(client, &kv.mount, &kv.path).await;
             self.count("kv_read", &res);
             (
@@ -306,6 +311,7 @@ impl VaultBackend {
             let endpoint = req
                 .build()
                 .map_err(|_| Error::InvalidSpec("invalid KV request".into()))?;
+            self.throttle(&resolved.connection).await;
             let res = vaultrs::api::exec_with_result(client, endpoint).await;
             self.count("kv_read", &res);
             let res = res.map_err(|e| backend_error(&what, e))?;
@@ -377,6 +383,7 @@ impl VaultBackend {
         if let Some(ns) = &self.connections[connection].config.namespace {
             request = request.header("X-Vault-Namespace", ns);
         }
+        self.throttle(connection).await;
         let response = request.send().await.map_err(|e| {
             Error::unavailable(format!("Vault is unreachable: {}", without_url(&e)))
         })?;
@@ -406,6 +413,13 @@ impl VaultBackend {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, version);
         Ok(version)
+    }
+
+    /// Waits for the connection's rate limit.
+    async fn throttle(&self, connection: &str) {
+        if let Some(c) = self.connections.get(connection) {
+            c.limiter.acquire().await;
+        }
     }
 
     fn count<T>(&self, operation: &str, res: &std::result::Result<T, ClientError>) {
