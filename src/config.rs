@@ -56,10 +56,44 @@ pub struct Config {
     pub operator_namespace: String,
     #[serde(default)]
     pub defaults: Defaults,
+    /// Leader election among replicas; off for a single process.
+    #[serde(default)]
+    pub leader_election: LeaderElection,
     #[serde(default)]
     pub vault: BTreeMap<String, VaultConnection>,
     #[serde(default)]
     pub azure: BTreeMap<String, AzureConnection>,
+}
+
+/// Leader election through a `coordination.k8s.io` Lease in the operator's namespace:
+/// only the holder reconciles and writes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaderElection {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_lease_name")]
+    pub lease_name: String,
+    /// How long a leader's claim lasts without renewal; a standby takes over after it.
+    #[serde(default = "default_lease_duration", with = "duration")]
+    pub lease_duration: Duration,
+}
+
+impl Default for LeaderElection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            lease_name: default_lease_name(),
+            lease_duration: default_lease_duration(),
+        }
+    }
+}
+
+fn default_lease_name() -> String {
+    "vaultsync-leader".into()
+}
+fn default_lease_duration() -> Duration {
+    Duration::from_secs(15)
 }
 
 /// Global defaults and limits.
@@ -288,6 +322,9 @@ impl Config {
                 "defaults.minRefreshInterval",
                 "must not exceed defaults.refreshInterval",
             ));
+        }
+        if self.leader_election.lease_duration < Duration::from_secs(2) {
+            return Err(invalid("leaderElection.leaseDuration", "must be at least 2s"));
         }
         if d.concurrency == 0 {
             return Err(invalid("defaults.concurrency", "must be at least 1"));
