@@ -55,4 +55,9 @@ env-status:
 	bash tests/env/status.sh
 
 demo: env-up
-	bash tests/env/status.sh
+	VAULTSYNC_DEMO_ENV_UP=done bash tests/env/demo.sh
+
+# Cold start of 1000 VaultSecrets and one steady-state refresh cycle against the local
+# environment, with a release build of the operator; prints figures next to their targets.
+bench: env-up
+	source $(ENV_SH) && cargo build --release && cargo run --release --example bench

@@ -324,7 +324,10 @@ impl Config {
             ));
         }
         if self.leader_election.lease_duration < Duration::from_secs(2) {
-            return Err(invalid("leaderElection.leaseDuration", "must be at least 2s"));
+            return Err(invalid(
+                "leaderElection.leaseDuration",
+                "must be at least 2s",
+            ));
         }
         if d.concurrency == 0 {
             return Err(invalid("defaults.concurrency", "must be at least 1"));

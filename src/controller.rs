@@ -13,7 +13,6 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, PostParams};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, ResourceExt};
@@ -23,8 +22,9 @@ use crate::api::VaultSecret;
 use crate::backend::vault::VaultBackend;
 use crate::config::Config;
 use crate::error::Error;
+use crate::events::{EventSink, EventType};
 use crate::metrics::Metrics;
-use crate::sync::apply::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGER, event};
+use crate::sync::apply::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::sync::{self, SyncedResource};
 
 /// Name of the Secret, in the operator's namespace, holding the key of `status.dataHmac`.
@@ -36,7 +36,7 @@ pub struct Context {
     pub config: Config,
     pub vault: VaultBackend,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    pub events: EventSink,
     pub hmac_key: Vec<u8>,
     /// Consecutive failures per object, for the error backoff.
     failures: Mutex<HashMap<(&'static str, String, String), u32>>,
@@ -50,19 +50,13 @@ impl Context {
         hmac_key: Vec<u8>,
     ) -> anyhow::Result<Self> {
         let vault = VaultBackend::new(&config, metrics.clone())?;
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        );
+        let events = EventSink::new(client.clone());
         Ok(Self {
             client,
             config,
             vault,
             metrics,
-            recorder,
+            events,
             hmac_key,
             failures: Mutex::default(),
         })
@@ -95,14 +89,9 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        let reference = obj.object_ref(&());
-        if let Err(e) = self
-            .recorder
-            .publish(&event(type_, reason, note), &reference)
-            .await
-        {
-            tracing::warn!(error = %e, reason, "could not publish event");
-        }
+        self.events
+            .publish(&obj.object_ref(&()), type_, reason, &note)
+            .await;
     }
 }
 

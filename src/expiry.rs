@@ -8,11 +8,11 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
 
 use crate::controller::Context;
-use crate::sync::apply::{EXPIRES_AT, event};
+use crate::events::EventType;
+use crate::sync::apply::EXPIRES_AT;
 
 /// How often the collector looks at the managed Secrets (from the watch cache; no
 /// apiserver request unless something expired).
@@ -101,9 +101,8 @@ async fn delete(ctx: &Context, gone: Expired) {
                     "deleted Secret {}: it expired without a successful refresh",
                     gone.name
                 );
-                let _ = ctx
-                    .recorder
-                    .publish(&event(EventType::Warning, "SecretExpired", note), owner)
+                ctx.events
+                    .publish(owner, EventType::Warning, "SecretExpired", &note)
                     .await;
             }
         }

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod config;
 pub mod controller;
 pub mod error;
+pub mod events;
 pub mod expiry;
 pub mod http;
 pub mod metrics;

@@ -1,11 +1,11 @@
 //! Status (IO): the `Ready` condition and the sync fields, written through the
 //! `/status` subresource with server-side apply. Nothing here carries a value.
 
+use crate::events::EventType;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::EventType;
 use serde_json::json;
 
 use super::SyncedResource;

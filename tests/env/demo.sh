@@ -1,0 +1,365 @@
+#!/usr/bin/env bash
+# `make demo`: vaultsync on the local environment of real components, step by step.
+#
+#   tests/env/demo.sh [run]   bring up the environment, install the CRDs, (re)start the
+#                             operator in the background, seed OpenBao, apply the samples
+#                             of config/samples/, show the synced Secrets and a rotation
+#   tests/env/demo.sh stop    stop the demo operator (tests/env/down.sh calls it)
+#
+# Idempotent: a second run re-seeds (policy, role; KV secrets that already have their keys
+# are kept, so the one rotation shown is the demo's own), re-applies and restarts the
+# operator. The operator keeps running afterwards (log $ENV_DIR/operator.log, pid
+# $ENV_DIR/operator.pid); `make env-down` stops it through `demo.sh stop`.
+# Secret values are never printed: only key names and sizes.
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+NS=demo
+SAMPLES=config/samples
+OP_PID=$ENV_DIR/operator.pid
+OP_LOG=$ENV_DIR/operator.log
+# The env's operator config plus `watchNamespaces: [demo]`, so that the demo operator,
+# left running, never touches the namespaces of `make test`.
+OP_CONFIG=$ENV_DIR/demo-operator.yaml
+# The samples `make demo` applies; the AzureKeyVaultSecret sample is only validated.
+APPLY=(vaultsecret-kv.yaml vaultsecret-template.yaml vaultsecret-api.yaml)
+VALIDATE_ONLY=(azurekeyvaultsecret-secret.yaml)
+
+OP_STARTED=0 STEP="" STEP_NO=0 STEPS=8 STEP_START=$SECONDS TOTAL_START=$SECONDS
+
+say() { printf '[demo] %s\n' "$*"; }
+# run COMMAND...: prints COMMAND, quoted so it can be pasted, and runs it.
+run() {
+  local a line='[demo] $'
+  for a in "$@"; do
+    if [[ $a =~ ^[][A-Za-z0-9_./:=,@%+-]+$ ]]; then line+=" $a"; else line+=" '${a//\'/\'\\\'\'}'"; fi
+  done
+  printf '%s\n' "$line"
+  "$@"
+}
+
+begin() {
+  ((STEP_NO > 0)) && say "   done in $((SECONDS - STEP_START))s"
+  STEP_NO=$((STEP_NO + 1)) STEP=$1 STEP_START=$SECONDS
+  echo
+  say "==> [$STEP_NO/$STEPS] $STEP"
+}
+
+operator_alive() { is_running "$OP_PID"; }
+
+show_operator_log() {
+  [[ -f $OP_LOG ]] || return 0
+  say "last lines of the operator log ($OP_LOG):" >&2
+  tail -n 25 "$OP_LOG" | sed 's/^/    /' >&2
+}
+
+# fail MESSAGE: names the step, shows the operator's log when it is involved, exits.
+fail() {
+  trap - ERR
+  echo >&2
+  say "FAILED at step $STEP_NO/$STEPS ($STEP): $*" >&2
+  if ((OP_STARTED)); then
+    if ! operator_alive; then
+      say "the operator (pid $(cat "$OP_PID" 2>/dev/null || echo ?)) is not running any more" >&2
+    fi
+    show_operator_log
+  fi
+  exit 1
+}
+trap 'fail "command failed (line $LINENO): $BASH_COMMAND"' ERR
+set -E
+
+# wait_until SECONDS WHAT COMMAND...: polls COMMAND; fails the step after SECONDS, or at
+# once when the operator has died.
+wait_until() {
+  local timeout=$1 what=$2; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ((OP_STARTED)) && ! operator_alive; then
+      fail "the operator exited while waiting for $what"
+    fi
+    ((SECONDS < deadline)) || return 1
+    sleep 0.5
+  done
+}
+
+metrics_address() { awk '$1 == "metricsAddress:" { print $2; exit }' "$OP_CONFIG"; }
+
+# Stops a demo operator started earlier, but only if the pid file really names one.
+stop_operator() {
+  [[ -f $OP_PID ]] || return 0
+  local pid
+  pid=$(cat "$OP_PID")
+  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'vaultsync run'; then
+    say "stopping the demo operator (pid $pid)"
+    stop_pid "$OP_PID"
+  else
+    rm -f "$OP_PID"
+  fi
+}
+
+# --- steps ------------------------------------------------------------------------------
+
+step_env() {
+  begin "local environment (kube-apiserver, OpenBao, PostgreSQL on loopback)"
+  if [[ ${VAULTSYNC_DEMO_ENV_UP:-} == "done" ]]; then
+    say "brought up by 'make env-up' above"
+  else
+    run bash tests/env/up.sh || fail "bringing up the environment failed (see the [env] messages above)"
+  fi
+  [[ -f $ENV_DIR/env.sh ]] || fail "$ENV_DIR/env.sh is missing: run make env-up"
+  # shellcheck disable=SC1091
+  source "$ENV_DIR/env.sh"
+  kubectl get --raw /readyz >/dev/null 2>&1 ||
+    fail "the kube-apiserver at ${K8S_API_URL:-?} does not answer: run make env-down && make env-up"
+  curl -fsS -o /dev/null "$VAULT_ADDR/v1/sys/health" ||
+    fail "OpenBao at $VAULT_ADDR does not answer: run make env-down && make env-up"
+  say "kube-apiserver $K8S_API_URL, OpenBao $VAULT_ADDR"
+}
+
+step_crds() {
+  begin "install the CRDs (VaultSecret, AzureKeyVaultSecret)"
+  run kubectl apply --server-side --force-conflicts --field-manager=vaultsync-demo -f crds/ ||
+    fail "the apiserver refused crds/ (run make crds if they are stale)"
+  run kubectl wait --for=condition=Established --timeout=60s \
+    crd/vaultsecrets.vaultsync.dev crd/azurekeyvaultsecrets.vaultsync.dev ||
+    fail "the CRDs did not become Established within 60s"
+}
+
+step_operator() {
+  begin "build and (re)start the operator in the background"
+  run cargo build || fail "cargo build failed (see the compiler messages above)"
+  stop_operator
+  {
+    cat "$VAULTSYNC_CONFIG"
+    if ! grep -q '^watchNamespaces:' "$VAULTSYNC_CONFIG"; then
+      echo "# Added by tests/env/demo.sh: the demo operator watches only namespace $NS."
+      echo "watchNamespaces: [$NS]"
+    fi
+  } >"$OP_CONFIG.tmp"
+  mv "$OP_CONFIG.tmp" "$OP_CONFIG"
+  local addr
+  addr=$(metrics_address)
+  [[ -n $addr ]] || fail "no metricsAddress in $VAULTSYNC_CONFIG"
+  if (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; then
+    fail "$addr (metricsAddress) is already in use by another process (see: ss -ltnp 'sport = :${addr##*:}'); stop it, or pick another port: VAULTSYNC_METRICS_PORT=<port> make demo"
+  fi
+  say "\$ target/debug/vaultsync run --config $OP_CONFIG   # \$VAULTSYNC_CONFIG + watchNamespaces: [$NS]"
+  # NO_COLOR: plain text in the log file.
+  NO_COLOR=1 start_bg "$OP_PID" "$OP_LOG" "$ROOT/target/debug/vaultsync" run --config "$OP_CONFIG"
+  OP_STARTED=1
+  say "operator pid $(cat "$OP_PID"), log $OP_LOG"
+  wait_until 60 "the operator to be ready" curl -fsS -o /dev/null "http://$addr/readyz" ||
+    fail "the operator is not ready on http://$addr/readyz after 60s"
+  say "operator ready: http://$addr/readyz"
+}
+
+# bao_put PATH KEY...: writes random values for KEYs at secret/PATH (values go through
+# stdin, never the command line or the terminal) and prints the new version.
+bao_put() {
+  local path=$1; shift
+  local json
+  json=$(python3 - "$@" <<'PY'
+import json, secrets, sys
+keys = sys.argv[1:]
+print(json.dumps({k: ("app" if k == "username" else secrets.token_urlsafe(18)) for k in keys}))
+PY
+  )
+  bao kv put -mount=secret -format=json "$path" - <<<"$json" | jq -r .data.version
+}
+
+# bao_ensure PATH KEY...: keeps secret/PATH when it has all KEYs (a rerun then changes no
+# data, so the restarted operator has nothing to rotate), else writes random values.
+# Prints "VERSION kept" or "VERSION written".
+bao_ensure() {
+  local path=$1; shift
+  local keys version
+  keys=$(printf '%s\n' "$@" | jq -R . | jq -sc .)
+  version=$(bao kv get -mount=secret -format=json "$path" 2>/dev/null |
+    jq -r --argjson keys "$keys" 'if (.data.data | keys) as $k | ($keys - $k) == [] then .data.metadata.version else empty end' 2>/dev/null || true)
+  if [[ -n $version ]]; then
+    echo "$version kept"
+  else
+    echo "$(bao_put "$path" "$@") written"
+  fi
+}
+
+step_seed() {
+  begin "seed OpenBao: namespace $NS, service account app, policy and role $NS, KV secrets"
+  if [[ $(kubectl get namespace "$NS" -o jsonpath='{.status.phase}' 2>/dev/null) == Terminating ]]; then
+    say "namespace $NS is being deleted; waiting for it to go"
+    kubectl wait --for=delete namespace/"$NS" --timeout=120s >/dev/null ||
+      fail "namespace $NS is stuck in Terminating"
+  fi
+  say "\$ kubectl create namespace $NS --dry-run=client -o yaml | kubectl apply -f -"
+  kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
+  say "\$ kubectl -n $NS create serviceaccount app --dry-run=client -o yaml | kubectl apply -f -"
+  kubectl -n "$NS" create serviceaccount app --dry-run=client -o yaml | kubectl apply -f -
+  wait_until 60 "service account $NS/default" kubectl -n "$NS" get serviceaccount default ||
+    fail "the service-account controller did not create $NS/default within 60s (see $ENV_DIR/k8s/kube-controller-manager.log)"
+
+  say "\$ bao policy write $NS -   # read secret/data/$NS/*"
+  bao policy write "$NS" - >/dev/null <<EOF || fail "bao policy write $NS failed"
+path "secret/data/$NS/*" { capabilities = ["read"] }
+EOF
+  # `app` for the samples that set spec.vault.auth; `default` for vaultsecret-kv.yaml, which
+  # relies on the config's defaultAuth (role "{namespace}", service account default).
+  run bao write -format=json auth/kubernetes/role/"$NS" \
+    bound_service_account_names=app,default bound_service_account_namespaces="$NS" \
+    audience=vault token_policies="$NS" token_ttl=10m >/dev/null ||
+    fail "writing the Kubernetes auth role $NS failed (is auth/kubernetes configured? make env-down && make env-up)"
+  say "role $NS: Kubernetes auth for service accounts $NS/app and $NS/default, audience vault, policy $NS"
+
+  local out
+  out=$(bao_ensure "$NS/db" username password) || fail "bao kv put secret/$NS/db failed"
+  DB_VERSION=${out% *}
+  say "secret/$NS/db  (username, password): version $DB_VERSION ${out#* } (random values, never shown)"
+  out=$(bao_ensure "$NS/api" token) || fail "bao kv put secret/$NS/api failed"
+  API_VERSION=${out% *}
+  say "secret/$NS/api (token):              version $API_VERSION ${out#* }"
+}
+
+step_samples() {
+  begin "apply the samples of $SAMPLES/"
+  local f
+  for f in "${APPLY[@]}" "${VALIDATE_ONLY[@]}"; do
+    [[ -f $SAMPLES/$f ]] || fail "$SAMPLES/$f is missing"
+    kubectl apply --dry-run=server -n "$NS" -f "$SAMPLES/$f" >/dev/null ||
+      fail "the apiserver refused $SAMPLES/$f (see the message above)"
+    say "\$ kubectl apply --dry-run=server -n $NS -f $SAMPLES/$f   -> accepted"
+  done
+  for f in "${APPLY[@]}"; do
+    run kubectl apply -n "$NS" -f "$SAMPLES/$f"
+  done
+  say "not applied: $SAMPLES/${VALIDATE_ONLY[*]} (the Azure Key Vault backend is not implemented yet)"
+}
+
+# vs_synced NAME VERSION: Ready=True and the Secret holds source version VERSION.
+vs_synced() {
+  local got
+  got=$(kubectl -n "$NS" get vaultsecret "$1" \
+    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}/{.status.sourceVersion}')
+  [[ $got == "True/$2" ]]
+}
+
+describe_state() {
+  kubectl -n "$NS" get vaultsecret -o json | jq -r '.items[] | "  \(.metadata.name): " +
+    ((.status.conditions // [])[] | select(.type == "Ready") | "Ready=\(.status) \(.reason): \(.message)")' >&2 || true
+}
+
+# Key names and value sizes of each synced Secret; values are decoded only to count bytes.
+SIZES_PY=$(cat <<'PY'
+import base64, json, sys
+s = json.load(sys.stdin)
+m = s["metadata"]
+ann = m.get("annotations") or {}
+owner = ", ".join(f"{o['kind']}/{o['name']}" for o in m.get("ownerReferences") or []) or "none"
+print(f"  Secret {m['namespace']}/{m['name']} ({s.get('type', 'Opaque')}), owner {owner}, "
+      f"source version {ann.get('vaultsync.dev/source-version', '-')}, "
+      f"expires at {ann.get('vaultsync.dev/expires-at', '-')}")
+for key, value in sorted((s.get("data") or {}).items()):
+    print(f"    {key:<10} {len(base64.b64decode(value)):>3} bytes")
+PY
+)
+
+show_secrets() {
+  local names name
+  names=$(kubectl -n "$NS" get vaultsecret -o jsonpath='{range .items[*]}{.status.secretName}{"\n"}{end}' | sort -u)
+  for name in $names; do
+    kubectl -n "$NS" get secret "$name" -o json | python3 -c "$SIZES_PY"
+  done
+}
+
+step_show() {
+  begin "wait until the VaultSecrets are Ready, then show them"
+  local pairs=("db $DB_VERSION" "db-url $DB_VERSION" "api $API_VERSION") p
+  for p in "${pairs[@]}"; do
+    # shellcheck disable=SC2086
+    wait_until 60 "VaultSecret ${p% *}" vs_synced $p || {
+      describe_state
+      fail "VaultSecret $NS/${p% *} did not become Ready with source version ${p#* } within 60s"
+    }
+  done
+  say "all Ready after $((SECONDS - STEP_START))s"
+  run kubectl get vs,akvs -A
+  say "synced Secrets (key names and value sizes only, never values):"
+  show_secrets
+}
+
+# rotated_event SINCE: a SecretRotated Event about VaultSecret db observed at or after
+# SINCE (RFC 3339). Matched by time, not by text: Events of one operator process are
+# aggregated into a series that keeps its first message.
+rotated_event() {
+  kubectl -n "$NS" get events --field-selector reason=SecretRotated,involvedObject.name=db -o json |
+    jq -e --arg since "$1" '[.items[] | (.series.lastObservedTime // .eventTime // .lastTimestamp // "")
+      | select(. != "") | sub("\\.[0-9]+"; "") | select(. >= $since)] | length > 0' >/dev/null
+}
+
+step_rotate() {
+  begin "rotation: change the password in OpenBao, watch vaultsync pick it up"
+  local before new start since
+  before=$(kubectl -n "$NS" get vaultsecret db -o jsonpath='{.status.sourceVersion}')
+  start=$SECONDS
+  since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  new=$(bao_put "$NS/db" username password) || fail "bao kv put secret/$NS/db failed"
+  say "\$ bao kv put secret/$NS/db username=... password=...   -> version $new (was $before)"
+  say "waiting for the next refresh (refreshInterval 10s)..."
+  wait_until 45 "the rotation" vs_synced db "$new" || {
+    describe_state
+    fail "VaultSecret $NS/db did not pick up version $new within 45s"
+  }
+  wait_until 20 "the SecretRotated event" rotated_event "$since" ||
+    fail "VaultSecret $NS/db holds version $new but no SecretRotated event says so"
+  say "rotated in $((SECONDS - start))s"
+  run kubectl -n "$NS" get vaultsecret db \
+    -o custom-columns='NAME:.metadata.name,SOURCE VERSION:.status.sourceVersion,LAST SYNC:.status.lastSyncTime,NEXT REFRESH:.status.nextRefreshTime,EXPIRES:.status.expiresAt'
+  run kubectl get events -n "$NS" --field-selector reason=SecretRotated
+  wait_until 20 "db-url to follow" vs_synced db-url "$new" || true
+  say "Secrets now (sizes only):"
+  show_secrets
+}
+
+step_explore() {
+  begin "explore further"
+  local addr
+  addr=$(metrics_address)
+  local env=${ENV_DIR#"$ROOT"/}
+  say "The operator keeps running (pid $(cat "$OP_PID")), watching namespace $NS. Try:"
+  cat <<EOF
+
+  source $env/env.sh                 # KUBECONFIG, BAO_ADDR/BAO_TOKEN, VAULTSYNC_CONFIG, PATH
+  kubectl get vaultsync -A                 # both kinds (category vaultsync)
+  kubectl describe vs -n $NS db           # status, conditions, events
+  kubectl explain vaultsecret.spec         # every field, documented
+  kubectl delete secret -n $NS db         # drift: vaultsync puts it back at once
+  bao kv put secret/$NS/api token=\$(openssl rand -hex 16)   # a rotation within 10s
+  target/debug/vaultsync check -f $SAMPLES/vaultsecret-kv.yaml -n $NS   # dry run: key names, sizes
+
+  metrics:  curl -s http://$addr/metrics | grep '^vaultsync_'
+  log:      tail -f $env/operator.log
+  samples:  $SAMPLES/   (the AzureKeyVaultSecret sample is validated, not applied)
+  stop:     make env-down                  # the operator and the whole environment
+            bash tests/env/demo.sh stop    # the operator only
+EOF
+  say "   done in $((SECONDS - STEP_START))s"
+  echo
+  say "demo finished in $((SECONDS - TOTAL_START))s"
+}
+
+case ${1:-run} in
+  run)
+    step_env
+    step_crds
+    step_operator
+    step_seed
+    step_samples
+    step_show
+    step_rotate
+    step_explore
+    ;;
+  stop)
+    trap - ERR
+    if is_running "$OP_PID"; then stop_operator; say "demo operator stopped"; else rm -f "$OP_PID"; say "no demo operator running"; fi
+    ;;
+  *) echo "usage: $0 [run|stop]" >&2; exit 2 ;;
+esac
