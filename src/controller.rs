@@ -240,6 +240,80 @@ fn controller_for<K: SyncedResource>(
         })
 }
 
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Leader election: waits until this process holds the Lease. Returns the channel that
+/// reports losing it, and the task that releases the Lease when the channel is dropped.
+/// Returns `None` when a shutdown signal comes first.
+async fn become_leader(
+    client: &Client,
+    config: &Config,
+) -> anyhow::Result<
+    Option<(
+        tokio::sync::watch::Receiver<bool>,
+        tokio::task::JoinHandle<()>,
+    )>,
+> {
+    let election = &config.leader_election;
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "vaultsync".into());
+        format!("{host}-{:08x}", rand::random::<u32>())
+    });
+    let duration = election.lease_duration.as_secs().max(2);
+    let manager =
+        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &election.lease_name)
+            .with_namespace(&config.operator_namespace)
+            .with_identity(&identity)
+            .with_duration(duration)
+            .with_grace((duration / 3).max(1))
+            .build()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "leader election: cannot use Lease {}/{}: {e}",
+                    config.operator_namespace,
+                    election.lease_name
+                )
+            })?;
+    let (mut leading, task) = manager.watch().await;
+    let release = tokio::spawn(async move {
+        if let Ok(Err(e)) = task.await {
+            tracing::warn!(error = %e, "leader election stopped with an error");
+        }
+    });
+    tracing::info!(%identity, lease = %election.lease_name, "waiting to become the leader");
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    while !*leading.borrow_and_update() {
+        tokio::select! {
+            changed = leading.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("leader election stopped before this process became the leader");
+                }
+            }
+            _ = &mut shutdown => return Ok(None),
+        }
+    }
+    tracing::info!(%identity, "became the leader");
+    Ok(Some((leading, release)))
+}
+
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
@@ -252,6 +326,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
 
     wait_for_crds(&client).await?;
+    // A standby is ready too: it serves health and takes over when the leader goes.
+    ready.store(true, Ordering::SeqCst);
+    let leadership = if config.leader_election.enabled {
+        match become_leader(&client, &config).await? {
+            Some(leadership) => Some(leadership),
+            None => {
+                server.abort();
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+
     let key = hmac_key(&client, &config.operator_namespace).await?;
     let ctx = Arc::new(Context::new(client, config, metrics, key)?);
 
@@ -275,12 +363,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
     let collector = tokio::spawn(crate::expiry::run_collector(ctx.clone(), stores));
-    ready.store(true, Ordering::SeqCst);
     tracing::info!(scopes = ?scopes, "vaultsync controllers started");
 
-    future::join_all(controllers).await;
+    let controllers = future::join_all(controllers);
+    let result = match leadership {
+        None => {
+            controllers.await;
+            Ok(())
+        }
+        Some((mut leading, release)) => {
+            let outcome = tokio::select! {
+                _ = controllers => Ok(()),
+                _ = leading.wait_for(|is_leader| !is_leader) => {
+                    // Another replica may hold the Lease now: stop writing at once. The
+                    // process exits so that its restart rejoins as a standby.
+                    Err(anyhow::anyhow!("lost the leader Lease; exiting"))
+                }
+            };
+            // Dropping the channel makes the manager release the Lease for a fast handover.
+            drop(leading);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), release).await;
+            outcome
+        }
+    };
     tracing::info!("shutting down");
     collector.abort();
     server.abort();
-    Ok(())
+    result
 }

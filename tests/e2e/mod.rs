@@ -103,9 +103,9 @@ impl Operator {
              vault:\n  default:\n    address: {addr}\n    kvVersions: {{}}\n{extra}",
             addr = common::env("VAULT_ADDR", "OpenBao server"),
         );
-        let config_path = dir.join("config.yaml");
+        let config_path = dir.join(format!("config-{port}.yaml"));
         std::fs::write(&config_path, config).expect("write config");
-        let log = dir.join("operator.log");
+        let log = dir.join(format!("operator-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_vaultsync"))
             .args(["run", "--config"])
