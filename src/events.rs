@@ -42,12 +42,17 @@ impl EventSink {
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
-        let name_prefix = format!("{}.", regarding.name.as_deref().unwrap_or("vaultsync"));
+        // Named like the apiserver names its own: the object's name and a unique suffix.
+        let name = format!(
+            "{}.{:016x}",
+            regarding.name.as_deref().unwrap_or("vaultsync"),
+            rand::random::<u64>()
+        );
         // The API limits notes to 1 kB.
         let note: String = note.chars().take(1000).collect();
         let event = Event {
             metadata: ObjectMeta {
-                generate_name: Some(name_prefix),
+                name: Some(name),
                 namespace: Some(namespace.clone()),
                 ..ObjectMeta::default()
             },

@@ -49,12 +49,15 @@ impl From<&str> for SecretValue {
     }
 }
 
-/// A lease on dynamic credentials.
+/// A lease on dynamic credentials, or the validity of an issued certificate (whose id
+/// is its serial and which is never renewable).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     pub id: String,
+    /// Length of the current period: from issue or the last renewal to `expires_at`.
     pub duration: std::time::Duration,
     pub renewable: bool,
+    pub expires_at: jiff::Timestamp,
 }
 
 /// What a backend read: the key/value material and where it came from.
@@ -67,6 +70,18 @@ pub struct Fetched {
     pub lease: Option<Lease>,
     /// End of validity of the material itself (a certificate's notAfter), if it has one.
     pub not_after: Option<jiff::Timestamp>,
+    /// The material is still in the existing Secret (a lease kept or renewed): write
+    /// nothing new; `data` is empty.
+    pub keep_existing: bool,
+    /// A lease replaced by this fetch, to revoke once the new material is written.
+    pub replaces: Option<Replaced>,
+}
+
+/// Material that a re-issue replaced and that is revoked after the new copy is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Replaced {
+    Lease(String),
+    Certificate { mount: String, serial: String },
 }
 pub mod vault;
 

@@ -15,8 +15,8 @@ use vaultrs::api::EndpointMiddleware;
 use vaultrs::client::{Client as _, VaultClient, VaultClientSettings, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
-use super::{Fetched, SecretValue};
-use crate::api::{KvSource, VaultAuth, VaultSource};
+use super::{Fetched, Lease, Replaced, SecretValue};
+use crate::api::{DatabaseSource, KvSource, PkiSource, VaultAuth, VaultSource};
 use crate::config::{Config, VaultConnection};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -332,12 +332,7 @@ impl VaultBackend {
             {
                 continue;
             }
-            let bytes = match value {
-                Value::String(s) => s.into_bytes(),
-                Value::Null => Vec::new(),
-                other => other.to_string().into_bytes(),
-            };
-            out.insert(key, SecretValue::new(bytes));
+            out.insert(key.clone(), SecretValue::new(json_bytes(&value)));
         }
         if let Some(keys) = &kv.keys {
             let missing: Vec<&String> = keys.iter().filter(|k| !out.contains_key(*k)).collect();
@@ -368,37 +363,16 @@ impl VaultBackend {
         }
         // vaultrs has no call for this; it is the endpoint the Vault CLI itself uses, and
         // any token may read it for mounts it can access.
-        let url = format!(
-            "{}/v1/sys/internal/ui/mounts/{}",
-            self.connections[connection]
-                .config
-                .address
-                .trim_end_matches('/'),
-            mount
-        );
-        let mut request = self.connections[connection]
-            .http
-            .get(url)
-            .header("X-Vault-Token", client.settings().token.as_str());
-        if let Some(ns) = &self.connections[connection].config.namespace {
-            request = request.header("X-Vault-Namespace", ns);
-        }
-        self.throttle(connection).await;
-        let response = request.send().await.map_err(|e| {
-            Error::unavailable(format!("Vault is unreachable: {}", without_url(&e)))
-        })?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(status_error(
+        let body = self
+            .raw(
+                client,
+                connection,
+                reqwest::Method::GET,
+                &format!("sys/internal/ui/mounts/{mount}"),
+                None,
                 &format!("mount {mount}"),
-                status.as_u16(),
-                &[],
-            ));
-        }
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|_| Error::unavailable("Vault answered the mount lookup with invalid JSON"))?;
+            )
+            .await?;
         let version = match body["data"]["options"]["version"].as_str() {
             Some("2") => 2,
             _ if body["data"]["type"] == "kv" => 1,
@@ -415,6 +389,258 @@ impl VaultBackend {
         Ok(version)
     }
 
+    /// A request vaultrs has no call for (or whose answer it does not fully return): the
+    /// lease of dynamic credentials, `sys/leases/*`, PKI issue and revoke. Errors carry the
+    /// status, Vault's own words and, on 429, its `Retry-After`.
+    async fn raw(
+        &self,
+        client: &VaultClient,
+        connection: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        what: &str,
+    ) -> Result<Value> {
+        let conn = &self.connections[connection];
+        let url = format!("{}/v1/{path}", conn.config.address.trim_end_matches('/'));
+        let mut request = conn
+            .http
+            .request(method, url)
+            .header("X-Vault-Token", client.settings().token.as_str());
+        if let Some(ns) = &conn.config.namespace {
+            request = request.header("X-Vault-Namespace", ns);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        self.throttle(connection).await;
+        let response = request.send().await.map_err(|e| {
+            Error::unavailable(format!(
+                "Vault is unreachable while handling {what}: {}",
+                without_url(&e)
+            ))
+        })?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        // The body may hold credentials: it is parsed, never echoed.
+        let body: Value = if status == 204 {
+            Value::Null
+        } else {
+            response.json().await.unwrap_or(Value::Null)
+        };
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        let errors: Vec<String> = body["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match status_error(what, status, &errors) {
+            Error::BackendUnavailable { message, .. } if status == 429 => {
+                Err(Error::BackendUnavailable {
+                    message,
+                    retry_after,
+                })
+            }
+            other => Err(other),
+        }
+    }
+
+    /// Issues database credentials: `{mount}/creds/{role}`, with their lease.
+    pub async fn issue_database(
+        &self,
+        client: &VaultClient,
+        resolved: &Resolved,
+        db: &DatabaseSource,
+    ) -> Result<Fetched> {
+        let what = format!("{}/creds/{}", db.mount, db.role);
+        let body = self
+            .raw(
+                client,
+                &resolved.connection,
+                reqwest::Method::GET,
+                &what,
+                None,
+                &what,
+            )
+            .await;
+        self.metrics
+            .backend_request("vault", "database_creds", outcome(&body));
+        let body = body?;
+        let lease = lease_from(&body, &what)?;
+        let data = body["data"]
+            .as_object()
+            .ok_or_else(|| Error::unavailable(format!("Vault returned no credentials for {what}")))?
+            .iter()
+            .map(|(k, v)| (k.clone(), SecretValue::new(json_bytes(v))))
+            .collect();
+        Ok(Fetched {
+            data,
+            version: short_id(&lease.id),
+            not_after: Some(lease.expires_at),
+            lease: Some(lease),
+            ..Default::default()
+        })
+    }
+
+    /// Renews a lease for another `increment`; returns the lease as Vault granted it.
+    pub async fn renew_lease(
+        &self,
+        client: &VaultClient,
+        resolved: &Resolved,
+        lease_id: &str,
+        increment: Duration,
+    ) -> Result<Lease> {
+        let body = self
+            .raw(
+                client,
+                &resolved.connection,
+                reqwest::Method::PUT,
+                "sys/leases/renew",
+                Some(serde_json::json!({"lease_id": lease_id, "increment": increment.as_secs()})),
+                "the lease renewal",
+            )
+            .await;
+        self.metrics
+            .backend_request("vault", "lease_renew", outcome(&body));
+        lease_from(&body?, "the lease renewal")
+    }
+
+    /// Revokes a lease, or a certificate replaced by a newer one.
+    pub async fn revoke(
+        &self,
+        client: &VaultClient,
+        resolved: &Resolved,
+        replaced: &Replaced,
+    ) -> Result<()> {
+        let (path, body) = match replaced {
+            Replaced::Lease(id) => (
+                "sys/leases/revoke".to_string(),
+                serde_json::json!({"lease_id": id}),
+            ),
+            Replaced::Certificate { mount, serial } => (
+                format!("{mount}/revoke"),
+                serde_json::json!({"serial_number": serial}),
+            ),
+        };
+        let result = self
+            .raw(
+                client,
+                &resolved.connection,
+                reqwest::Method::PUT,
+                &path,
+                Some(body),
+                "the revocation",
+            )
+            .await;
+        self.metrics
+            .backend_request("vault", "revoke", outcome(&result));
+        result.map(|_| ())
+    }
+
+    /// Issues a certificate: `{mount}/issue/{role}`, written as `tls.crt` (with the chain),
+    /// `tls.key` and `ca.crt`.
+    pub async fn issue_certificate(
+        &self,
+        client: &VaultClient,
+        resolved: &Resolved,
+        pki: &PkiSource,
+    ) -> Result<Fetched> {
+        let what = format!("{}/issue/{}", pki.mount, pki.role);
+        let mut request = serde_json::json!({"common_name": pki.common_name});
+        if let Some(alt) = &pki.alt_names {
+            request["alt_names"] = Value::from(alt.join(","));
+        }
+        if let Some(ips) = &pki.ip_sans {
+            request["ip_sans"] = Value::from(ips.join(","));
+        }
+        if let Some(ttl) = &pki.ttl {
+            request["ttl"] = Value::from(ttl.as_str());
+        }
+        let body = self
+            .raw(
+                client,
+                &resolved.connection,
+                reqwest::Method::PUT,
+                &what,
+                Some(request),
+                &what,
+            )
+            .await;
+        self.metrics
+            .backend_request("vault", "pki_issue", outcome(&body));
+        let data = &body?["data"];
+        let text = |field: &str| {
+            data[field].as_str().map(str::to_string).ok_or_else(|| {
+                Error::unavailable(format!("Vault's answer for {what} has no {field}"))
+            })
+        };
+        let certificate = text("certificate")?;
+        let key = text("private_key")?;
+        let serial = text("serial_number")?;
+        let chain: Vec<String> = data["ca_chain"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ca = chain
+            .last()
+            .cloned()
+            .or_else(|| data["issuing_ca"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let mut bundle = certificate.trim_end().to_string();
+        for c in chain
+            .iter()
+            .filter(|c| c.trim() != ca.trim() || chain.len() == 1)
+        {
+            bundle.push('\n');
+            bundle.push_str(c.trim_end());
+        }
+        bundle.push('\n');
+        let expires_at = data["expiration"]
+            .as_i64()
+            .and_then(|secs| jiff::Timestamp::from_second(secs).ok())
+            .ok_or_else(|| {
+                Error::unavailable(format!("Vault's answer for {what} has no expiration"))
+            })?;
+        let now = jiff::Timestamp::now();
+        let duration = Duration::try_from(expires_at.duration_since(now)).unwrap_or_default();
+        let mut out = BTreeMap::new();
+        out.insert("tls.crt".to_string(), SecretValue::new(bundle));
+        out.insert(
+            "tls.key".to_string(),
+            SecretValue::new(format!("{}\n", key.trim_end())),
+        );
+        out.insert(
+            "ca.crt".to_string(),
+            SecretValue::new(format!("{}\n", ca.trim_end())),
+        );
+        Ok(Fetched {
+            data: out,
+            version: serial.clone(),
+            not_after: Some(expires_at),
+            lease: Some(Lease {
+                id: serial,
+                duration,
+                renewable: false,
+                expires_at,
+            }),
+            ..Default::default()
+        })
+    }
+
     /// Waits for the connection's rate limit.
     async fn throttle(&self, connection: &str) {
         if let Some(c) = self.connections.get(connection) {
@@ -429,6 +655,46 @@ impl VaultBackend {
         };
         self.metrics.backend_request("vault", operation, outcome);
     }
+}
+
+fn outcome<T>(result: &Result<T>) -> &'static str {
+    if result.is_ok() { "ok" } else { "error" }
+}
+
+/// A JSON value as Secret bytes: strings as they are, anything else as JSON.
+fn json_bytes(value: &Value) -> Vec<u8> {
+    match value {
+        Value::String(s) => s.clone().into_bytes(),
+        Value::Null => Vec::new(),
+        other => other.to_string().into_bytes(),
+    }
+}
+
+/// The last segment of a lease id, as the source version.
+fn short_id(lease_id: &str) -> String {
+    lease_id.rsplit('/').next().unwrap_or(lease_id).to_string()
+}
+
+fn lease_from(body: &Value, what: &str) -> Result<Lease> {
+    let id = body["lease_id"]
+        .as_str()
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| {
+            Error::InvalidSpec(format!(
+                "{what} returned no lease: is this a dynamic secrets engine?"
+            ))
+        })?;
+    let seconds = body["lease_duration"].as_u64().unwrap_or(0);
+    let duration = Duration::from_secs(seconds);
+    let now = jiff::Timestamp::now();
+    Ok(Lease {
+        id: id.to_string(),
+        duration,
+        renewable: body["renewable"].as_bool().unwrap_or(false),
+        expires_at: now
+            .saturating_add(jiff::SignedDuration::from_secs(seconds as i64))
+            .unwrap_or(now),
+    })
 }
 
 fn default_kubernetes_mount(c: &VaultConnection) -> String {

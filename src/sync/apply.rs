@@ -244,11 +244,11 @@ pub async fn apply<K: SyncedResource>(
     }
 
     let lifetime = fetched.lease.as_ref().map(|l| {
-        let start = now;
-        let end = now
-            .saturating_add(jiff::SignedDuration::try_from(l.duration).unwrap_or_default())
-            .unwrap_or(now);
-        (start, end)
+        let start = l
+            .expires_at
+            .saturating_sub(jiff::SignedDuration::try_from(l.duration).unwrap_or_default())
+            .unwrap_or(l.expires_at);
+        (start, l.expires_at)
     });
     let next = next_refresh(
         &RefreshInputs {
@@ -257,7 +257,7 @@ pub async fn apply<K: SyncedResource>(
             expires_at: mark,
             ttl: timing.ttl,
             lifetime,
-            renewal_percent: 67,
+            renewal_percent: obj.renewal_percent(),
         },
         rand::random::<f64>(),
     );

@@ -5,6 +5,8 @@
 //! output building, templating, apply, expiry, rotation and status are this module.
 
 pub mod apply;
+mod finalizers;
+mod kinds;
 pub mod render;
 pub mod schedule;
 pub mod status;
@@ -18,7 +20,7 @@ use kube::runtime::controller::Action;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::{SecretTarget, SyncPolicy, SyncStatus, VaultSecret};
+use crate::api::{SecretTarget, SyncPolicy, SyncStatus};
 use crate::backend::Fetched;
 use crate::config::parse_duration;
 use crate::controller::Context;
@@ -42,44 +44,32 @@ pub trait SyncedResource:
     /// Refresh interval, ttl and workloads to restart.
     fn policy(&self) -> &SyncPolicy;
     fn status(&self) -> Option<&SyncStatus>;
-    /// Resolve and fetch: read the source as the tenant.
-    fn fetch(&self, ctx: &Context) -> impl Future<Output = Result<Fetched>> + Send;
-}
-
-impl SyncedResource for VaultSecret {
-    const KIND: &'static str = "VaultSecret";
-
-    fn target(&self) -> SecretTarget {
-        self.spec
-            .output
-            .as_ref()
-            .and_then(|o| o.secret.clone())
-            .unwrap_or_default()
+    /// For dynamic sources: renew or re-issue at this share of the lifetime.
+    fn renewal_percent(&self) -> u8 {
+        67
     }
-    fn policy(&self) -> &SyncPolicy {
-        &self.spec.policy
+    /// Whether the source issues material (database credentials, certificates).
+    fn is_dynamic(&self) -> bool {
+        false
     }
-    fn status(&self) -> Option<&SyncStatus> {
-        self.status.as_ref()
+    /// Resolve and fetch: read the source as the tenant. `copy_present` says whether the
+    /// managed Secret exists with data (a dynamic source can then keep its lease).
+    fn fetch(
+        &self,
+        ctx: &Context,
+        copy_present: bool,
+    ) -> impl Future<Output = Result<Fetched>> + Send;
+    /// After the new material is written (and workloads restarted): revoke what it replaced.
+    fn after_write(&self, _ctx: &Context, _fetched: &Fetched) -> impl Future<Output = ()> + Send {
+        async {}
     }
-    async fn fetch(&self, ctx: &Context) -> Result<Fetched> {
-        let namespace = self.metadata.namespace.as_deref().unwrap_or_default();
-        let source = &self.spec.vault;
-        let resolved = ctx.vault.resolve(namespace, source)?;
-        let client = ctx.vault.login(&ctx.client, &resolved).await?;
-        let result = if let Some(kv) = &source.kv {
-            ctx.vault.fetch_kv(&client, &resolved, kv).await
-        } else {
-            Err(Error::InvalidSpec(
-                "database and pki sources are not supported yet by this version of vaultsync"
-                    .into(),
-            ))
-        };
-        if let Err(Error::AuthFailed(_)) = &result {
-            // The cached token may have been revoked: log in afresh next time.
-            ctx.vault.forget(&resolved);
-        }
-        result
+    /// A finalizer this resource needs, for cleanup outside the cluster (a Vault lease).
+    fn finalizer(&self) -> Option<&'static str> {
+        None
+    }
+    /// The cleanup behind the finalizer; an error keeps the finalizer and is retried.
+    fn cleanup(&self, _ctx: &Context) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
     }
 }
 
@@ -140,11 +130,21 @@ pub async fn reconcile<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Acti
 }
 
 async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Action> {
+    let has_finalizer = |name: &str| obj.meta().finalizers.iter().flatten().any(|f| f == name);
     if obj.meta().deletion_timestamp.is_some() {
         // The Secret is owned by the resource; Kubernetes' garbage collector removes it.
+        // Only what lives outside the cluster needs the operator.
+        if let Some(name) = obj.finalizer().filter(|n| has_finalizer(n)) {
+            obj.cleanup(ctx).await?;
+            finalizers::remove(obj, ctx, name).await?;
+        }
         return Ok(Action::await_change());
     }
     let timing = timing(obj, ctx)?;
+    if let Some(name) = obj.finalizer().filter(|n| !has_finalizer(n)) {
+        // Before anything is issued, so that no lease can outlive its resource.
+        finalizers::add(obj, ctx, name).await?;
+    }
     let target = obj.target();
     let name = target
         .name
@@ -152,9 +152,18 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
         .unwrap_or_else(|| obj.meta().name.clone().unwrap_or_default());
     // Ownership first: a Secret someone else owns is never read further or touched.
     let existing = apply::existing_secret(obj, ctx, &name).await?;
-    let fetched = obj.fetch(ctx).await?;
-    let desired = render::render(&name, &fetched, &target)?;
+    let copy_present = existing
+        .as_ref()
+        .is_some_and(|s| s.data.as_ref().is_some_and(|d| !d.is_empty()));
+    let fetched = obj.fetch(ctx, copy_present).await?;
+    let desired = match (&existing, fetched.keep_existing) {
+        // A kept lease: the Secret already holds the material, which the operator does
+        // not keep in memory.
+        (Some(secret), true) => render::from_existing(&name, secret, &target),
+        _ => render::render(&name, &fetched, &target)?,
+    };
     let outcome = apply::apply(obj, ctx, &desired, &fetched, &timing, existing).await?;
+    obj.after_write(ctx, &fetched).await;
     status::report_success(obj, ctx, &fetched, &outcome).await?;
     Ok(Action::requeue(outcome.next_refresh))
 }
@@ -183,12 +192,18 @@ pub async fn check<K: SyncedResource>(
     ctx: &Context,
 ) -> Result<(render::DesiredSecret, String)> {
     timing(obj, ctx)?;
+    if obj.is_dynamic() {
+        // Checking would issue credentials or a certificate nobody would revoke.
+        return Err(Error::InvalidSpec(
+            "vaultsync check does not issue dynamic credentials or certificates; it checks kv sources".into(),
+        ));
+    }
     let target = obj.target();
     let name = target
         .name
         .clone()
         .unwrap_or_else(|| obj.meta().name.clone().unwrap_or_default());
-    let fetched = obj.fetch(ctx).await?;
+    let fetched = obj.fetch(ctx, false).await?;
     let desired = render::render(&name, &fetched, &target)?;
     Ok((desired, fetched.version))
 }

@@ -51,6 +51,27 @@ pub fn render(name: &str, fetched: &Fetched, target: &SecretTarget) -> Result<De
     })
 }
 
+/// The desired Secret when a kept lease's material is already in `secret`: its data and
+/// type stay, labels and annotations follow the spec.
+pub fn from_existing(
+    name: &str,
+    secret: &k8s_openapi::api::core::v1::Secret,
+    target: &SecretTarget,
+) -> DesiredSecret {
+    DesiredSecret {
+        name: name.to_string(),
+        type_: secret.type_.clone().unwrap_or_else(|| "Opaque".into()),
+        data: secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), SecretValue::new(v.0.clone())))
+            .collect(),
+        labels: target.labels.clone().unwrap_or_default(),
+        annotations: target.annotations.clone().unwrap_or_default(),
+    }
+}
+
 /// The Secret type to write: `Opaque` by default (akv2k8s' lowercase `opaque` too), and
 /// never a type that makes Kubernetes mint credentials.
 fn secret_type(requested: Option<&str>) -> Result<String> {

@@ -97,6 +97,54 @@ pub fn next_refresh(inputs: &RefreshInputs, jitter: f64) -> Duration {
     delay.max(Duration::from_secs(1))
 }
 
+/// What to do with a dynamic source's lease (or certificate) at `now`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseAction {
+    /// No usable lease, or the copy is gone: issue new material.
+    Issue,
+    /// The renewal point has passed and the lease may be renewed.
+    Renew,
+    /// The renewal point has passed, the lease cannot be renewed: issue before it ends.
+    Reissue,
+    /// Nothing to do yet.
+    Keep,
+}
+
+/// Pure decision for dynamic sources. `expires_at` and `duration` describe the current
+/// period of the lease recorded in status; `copy_present` says whether the managed Secret
+/// still holds its material.
+pub fn lease_action(
+    now: Timestamp,
+    lease: Option<(Timestamp, Duration, bool)>,
+    renewal_percent: u8,
+    copy_present: bool,
+) -> LeaseAction {
+    let Some((expires_at, duration, renewable)) = lease else {
+        return LeaseAction::Issue;
+    };
+    // Too close to the end to trust: a second is the least a workload needs.
+    if !copy_present
+        || expires_at
+            <= now
+                .saturating_add(SignedDuration::from_secs(1))
+                .unwrap_or(now)
+    {
+        return LeaseAction::Issue;
+    }
+    let start = expires_at
+        .saturating_sub(signed(duration))
+        .unwrap_or(expires_at);
+    let share = f64::from(renewal_percent.clamp(1, 90)) / 100.0;
+    let renew_at = start
+        .saturating_add(signed(duration.mul_f64(share)))
+        .unwrap_or(expires_at);
+    match (now >= renew_at, renewable) {
+        (false, _) => LeaseAction::Keep,
+        (true, true) => LeaseAction::Renew,
+        (true, false) => LeaseAction::Reissue,
+    }
+}
+
 /// Delay before retry number `attempt` (0 for the first failure): doubling from one
 /// second up to five minutes, with jitter taking off up to half, and at least what the
 /// backend asked for with `Retry-After`.
@@ -193,6 +241,39 @@ mod tests {
             ..base
         };
         assert_eq!(next_refresh(&lease, 0.0), Duration::from_secs_f64(40.2));
+    }
+
+    #[test]
+    fn lease_actions() {
+        let lease =
+            |end: i64, secs: u64, renewable| Some((t(end), Duration::from_secs(secs), renewable));
+        assert_eq!(lease_action(t(0), None, 67, true), LeaseAction::Issue);
+        assert_eq!(
+            lease_action(t(0), lease(60, 60, true), 67, false),
+            LeaseAction::Issue,
+            "copy deleted"
+        );
+        assert_eq!(
+            lease_action(t(59), lease(60, 60, true), 67, true),
+            LeaseAction::Issue,
+            "about to end"
+        );
+        assert_eq!(
+            lease_action(t(10), lease(60, 60, true), 67, true),
+            LeaseAction::Keep
+        );
+        assert_eq!(
+            lease_action(t(41), lease(60, 60, true), 67, true),
+            LeaseAction::Renew
+        );
+        assert_eq!(
+            lease_action(t(41), lease(60, 60, false), 67, true),
+            LeaseAction::Reissue
+        );
+        assert_eq!(
+            lease_action(t(31), lease(60, 60, true), 50, true),
+            LeaseAction::Renew
+        );
     }
 
     #[test]

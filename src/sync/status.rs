@@ -87,10 +87,7 @@ pub async fn report_success<K: SyncedResource>(
             id: Some(l.id.clone()),
             duration_seconds: i64::try_from(l.duration.as_secs()).ok(),
             renewable: Some(l.renewable),
-            expires_at: now
-                .saturating_add(jiff::SignedDuration::try_from(l.duration).unwrap_or_default())
-                .ok()
-                .map(Time),
+            expires_at: Some(Time(l.expires_at)),
         }),
         data_hmac: Some(outcome.data_hmac.clone()),
     };

@@ -90,6 +90,16 @@ impl Operator {
     /// Starts `vaultsync run` at debug log level, watching only `ns`, with `extra` YAML
     /// appended to its configuration.
     pub async fn start(ns: &str, extra: &str) -> Operator {
+        Self::start_with_kubeconfig(ns, extra, None).await
+    }
+
+    /// Like [`Operator::start`], but talking to the apiserver with the credentials of
+    /// `kubeconfig` (for example a service account's token) instead of `KUBECONFIG`.
+    pub async fn start_with_kubeconfig(
+        ns: &str,
+        extra: &str,
+        kubeconfig: Option<&std::path::Path>,
+    ) -> Operator {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("e2e")
             .join(ns);
@@ -107,14 +117,17 @@ impl Operator {
         std::fs::write(&config_path, config).expect("write config");
         let log = dir.join(format!("operator-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_vaultsync"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vaultsync"));
+        command
             .args(["run", "--config"])
             .arg(&config_path)
             .env("VAULTSYNC_LOG", "debug")
             .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("start vaultsync");
+            .stderr(log_file);
+        if let Some(path) = kubeconfig {
+            command.env("KUBECONFIG", path);
+        }
+        let child = command.spawn().expect("start vaultsync");
         let operator = Operator {
             child,
             log,
@@ -316,5 +329,31 @@ pub async fn assert_no_leak(
                 "a secret value leaked into the operator's {place}"
             );
         }
+    }
+}
+
+/// Logs in to the local PostgreSQL as `user`; the password goes through PGPASSWORD so
+/// it never shows in a process list.
+pub fn pg_login(user: &str, password: &str) -> Result<(), String> {
+    let admin = common::env("DATABASE_URL", "PostgreSQL server");
+    let rest = admin
+        .split_once('@')
+        .map(|(_, rest)| rest)
+        .expect("DATABASE_URL has the form postgres://user:password@host:port/db");
+    let out = Command::new("psql")
+        .arg(format!("postgres://{user}@{rest}"))
+        .args(["-tA", "-c", "select 1"])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output()
+        .map_err(|e| format!("psql is not on PATH (run `make env-up`): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string())
     }
 }

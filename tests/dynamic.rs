@@ -1,0 +1,386 @@
+//! Dynamic credentials and certificates end to end: database leases from OpenBao's
+//! database engine logging in to the real PostgreSQL, renewed, re-issued before max TTL,
+//! surviving an operator restart, and revoked with the resource; PKI certificates issued
+//! and rotated before expiry.
+
+mod common;
+mod e2e;
+
+use std::time::Duration;
+
+use e2e::{
+    Operator, apply, assert_no_leak, pg_login, root_vault, secret, tenant, value, wait_ready,
+    wait_secret,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+
+/// A tenant whose policy also covers dynamic credentials, lease renewal and revocation,
+/// and PKI issue/revoke.
+async fn dynamic_tenant(client: &kube::Client, ns: &str) -> String {
+    let role = tenant(client, ns, "app", &format!("{ns}/")).await;
+    let policy = format!(
+        "path \"database/creds/{ns}\" {{ capabilities = [\"read\"] }}\n\
+         path \"sys/leases/renew\" {{ capabilities = [\"update\"] }}\n\
+         path \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n\
+         path \"pki/issue/web\" {{ capabilities = [\"update\"] }}\n\
+         path \"pki/revoke\" {{ capabilities = [\"update\"] }}\n"
+    );
+    vaultrs::sys::policy::set(&root_vault(), &role, &policy)
+        .await
+        .expect("policy");
+    role
+}
+
+/// A database role named after the namespace with the given TTLs, reusing the
+/// statements of the environment's `app` role.
+async fn database_role(ns: &str, default_ttl: u64, max_ttl: u64) {
+    let http = reqwest::Client::new();
+    let addr = common::env("VAULT_ADDR", "OpenBao server");
+    let token = common::env("VAULT_TOKEN", "OpenBao server");
+    let app: serde_json::Value = http
+        .get(format!("{addr}/v1/database/roles/app"))
+        .header("X-Vault-Token", &token)
+        .send()
+        .await
+        .expect("read role app")
+        .json()
+        .await
+        .expect("role json");
+    let data = &app["data"];
+    assert!(
+        data.is_object(),
+        "database role app exists (run `make env-up`)"
+    );
+    let response = http
+        .post(format!("{addr}/v1/database/roles/{ns}"))
+        .header("X-Vault-Token", &token)
+        .json(&json!({
+            "db_name": data["db_name"],
+            "creation_statements": data["creation_statements"],
+            "revocation_statements": data["revocation_statements"],
+            "default_ttl": default_ttl,
+            "max_ttl": max_ttl,
+        }))
+        .send()
+        .await
+        .expect("create role");
+    assert!(
+        response.status().is_success(),
+        "create database role: {}",
+        response.status()
+    );
+}
+
+fn database_secret(role: &str, ns: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: vaultsync.dev/v1alpha1\nkind: VaultSecret\nmetadata: {{name: db}}\nspec:\n  vault:\n    auth: {{kubernetes: {{role: {role}, serviceAccountName: app}}}}\n    database: {{mount: database, role: {ns}}}\n{extra}"
+    )
+}
+
+fn creds(s: &k8s_openapi::api::core::v1::Secret) -> (String, String) {
+    (
+        value(s, "username").unwrap_or_default(),
+        value(s, "password").unwrap_or_default(),
+    )
+}
+
+async fn deployment(client: &kube::Client, ns: &str) -> Api<Deployment> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "api"},
+        "spec": {"selector": {"matchLabels": {"app": "api"}},
+                 "template": {"metadata": {"labels": {"app": "api"}},
+                              "spec": {"containers": [{"name": "api", "image": "example.invalid/api"}]}}}
+    }))
+    .expect("deployment");
+    api.create(&PostParams::default(), &d)
+        .await
+        .expect("create deployment");
+    api
+}
+
+async fn restarted_at(api: &Api<Deployment>) -> Option<String> {
+    api.get("api")
+        .await
+        .ok()?
+        .spec?
+        .template
+        .metadata?
+        .annotations?
+        .get("vaultsync.dev/restartedAt")
+        .cloned()
+}
+
+#[tokio::test]
+async fn database_credentials_are_renewed_reissued_before_max_ttl_and_revoked_with_the_resource() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let ns = common::create_namespace(&client, "e2e-db").await;
+    let role = dynamic_tenant(&client, &ns).await;
+    database_role(&ns, 6, 20).await;
+    let deployments = deployment(&client, &ns).await;
+    let op = Operator::start(&ns, "").await;
+    apply(
+        &client,
+        &ns,
+        &database_secret(
+            &role,
+            &ns,
+            "  renewalPercent: 50\n  rolloutRestartTargets: [{kind: Deployment, name: api}]\n",
+        ),
+    )
+    .await;
+
+    let first = wait_secret(&client, &ns, "db", "database credentials", |s| {
+        value(s, "username").is_some()
+    })
+    .await;
+    let (user, password) = creds(&first);
+    pg_login(&user, &password).expect("the synced credentials log in to PostgreSQL");
+    let status = wait_ready(&client, &ns, "VaultSecret", "db", "True", "Synced").await;
+    assert_eq!(status["lease"]["renewable"], true);
+    assert!(
+        status["lease"]["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("database/creds/"))
+    );
+
+    // Past the 6 s default TTL the same user still works: the lease was renewed.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let renewed = secret(&client, &ns, "db").await.expect("copy");
+    assert_eq!(
+        creds(&renewed).0,
+        user,
+        "renewal keeps the same credentials"
+    );
+    pg_login(&user, &password).expect("still valid after the default TTL");
+    assert!(
+        restarted_at(&deployments).await.is_none(),
+        "a renewal restarts nothing"
+    );
+    let renewals = op.metric("vaultsync_backend_requests_total{backend=\"vault\",operation=\"lease_renew\",outcome=\"ok\"}").await;
+    assert!(renewals >= 1.0, "renewed {renewals} times");
+
+    // Near the 20 s max TTL the operator issues new credentials, restarts the workload,
+    // and only then revokes the old lease.
+    let second = wait_secret(&client, &ns, "db", "re-issued credentials", |s| {
+        creds(s).0 != user && !creds(s).0.is_empty()
+    })
+    .await;
+    let (user2, password2) = creds(&second);
+    pg_login(&user2, &password2).expect("the new credentials log in");
+    common::wait_until(Duration::from_secs(15), "the workload restart", || {
+        let deployments = deployments.clone();
+        async move { restarted_at(&deployments).await }
+    })
+    .await;
+    common::wait_until(
+        Duration::from_secs(15),
+        "the old lease to be revoked",
+        || {
+            let (user, password) = (user.clone(), password.clone());
+            async move { pg_login(&user, &password).is_err().then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        e2e::events(&client, &ns)
+            .await
+            .iter()
+            .any(|e| e.starts_with("SecretRotated"))
+    );
+
+    // Deleting the resource revokes its lease; the finalizer then lets it go.
+    let current = creds(&secret(&client, &ns, "db").await.expect("copy"));
+    let resources: Api<kube::core::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+            "vaultsync.dev",
+            "v1alpha1",
+            "VaultSecret",
+        )),
+    );
+    resources
+        .delete("db", &DeleteParams::default())
+        .await
+        .expect("delete");
+    common::wait_until(
+        Duration::from_secs(30),
+        "the resource to be gone after revocation",
+        || {
+            let resources = resources.clone();
+            async move { matches!(resources.get_opt("db").await, Ok(None)).then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        pg_login(&current.0, &current.1).is_err(),
+        "the revoked user can no longer log in"
+    );
+    assert_no_leak(&client, &ns, &op, &[&password, &password2]).await;
+    common::delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn an_operator_restart_issues_nothing_and_restarts_nothing() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let ns = common::create_namespace(&client, "e2e-db-restart").await;
+    let role = dynamic_tenant(&client, &ns).await;
+    database_role(&ns, 3600, 7200).await;
+    let deployments = deployment(&client, &ns).await;
+    let op = Operator::start(&ns, "").await;
+    apply(
+        &client,
+        &ns,
+        &database_secret(
+            &role,
+            &ns,
+            "  rolloutRestartTargets: [{kind: Deployment, name: api}]\n",
+        ),
+    )
+    .await;
+    let before = wait_secret(&client, &ns, "db", "database credentials", |s| {
+        value(s, "username").is_some()
+    })
+    .await;
+    wait_ready(&client, &ns, "VaultSecret", "db", "True", "Synced").await;
+    let lease_before = e2e::status(&client, &ns, "VaultSecret", "db").await["lease"]["id"].clone();
+
+    // Kill the operator mid-lease and start a new one.
+    drop(op);
+    let op = Operator::start(&ns, "").await;
+    common::wait_until(
+        Duration::from_secs(30),
+        "the new operator to reconcile",
+        || {
+            let op = &op;
+            async move {
+                (op.metric("vaultsync_syncs_total{kind=\"VaultSecret\",result=\"Synced\"}")
+                    .await
+                    > 0.0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = secret(&client, &ns, "db").await.expect("copy");
+    assert_eq!(after.data, before.data, "the same credentials");
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "no write at all"
+    );
+    assert_eq!(
+        e2e::status(&client, &ns, "VaultSecret", "db").await["lease"]["id"],
+        lease_before
+    );
+    assert_eq!(op.metric("vaultsync_backend_requests_total{backend=\"vault\",operation=\"database_creds\",outcome=\"ok\"}").await, 0.0);
+    assert!(
+        restarted_at(&deployments).await.is_none(),
+        "no workload restart"
+    );
+    let (user, password) = creds(&after);
+    pg_login(&user, &password).expect("still logs in");
+    assert_no_leak(&client, &ns, &op, &[&password]).await;
+    common::delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn pki_certificates_are_valid_match_their_key_and_rotate_before_expiry() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let ns = common::create_namespace(&client, "e2e-pki").await;
+    let role = dynamic_tenant(&client, &ns).await;
+    let op = Operator::start(&ns, "").await;
+    apply(
+        &client,
+        &ns,
+        &format!(
+            "apiVersion: vaultsync.dev/v1alpha1\nkind: VaultSecret\nmetadata: {{name: web}}\nspec:\n  vault:\n    auth: {{kubernetes: {{role: {role}, serviceAccountName: app}}}}\n    pki: {{mount: pki, role: web, commonName: app.example.com, altNames: [api.example.com], ipSans: [127.0.0.1], ttl: 12s, revokeOnRotate: true}}\n  renewalPercent: 50\n"
+        ),
+    )
+    .await;
+    let first = wait_secret(&client, &ns, "web", "the certificate", |_| true).await;
+    assert_eq!(first.type_.as_deref(), Some("kubernetes.io/tls"));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("e2e")
+        .join(&ns);
+    std::fs::create_dir_all(&dir).expect("dir");
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        std::fs::write(
+            dir.join(key),
+            value(&first, key).unwrap_or_else(|| panic!("{key} present")),
+        )
+        .expect("write");
+    }
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let sans = openssl(&["x509", "-in", "tls.crt", "-noout", "-ext", "subjectAltName"]);
+    assert!(
+        sans.contains("DNS:app.example.com")
+            && sans.contains("DNS:api.example.com")
+            && sans.contains("IP Address:127.0.0.1"),
+        "{sans}"
+    );
+    assert!(openssl(&["verify", "-CAfile", "ca.crt", "tls.crt"]).contains("OK"));
+    assert_eq!(
+        openssl(&["x509", "-in", "tls.crt", "-noout", "-pubkey"]),
+        openssl(&["pkey", "-in", "tls.key", "-pubout"]),
+        "the key matches the certificate"
+    );
+    let status = wait_ready(&client, &ns, "VaultSecret", "web", "True", "Synced").await;
+    let serial = status["sourceVersion"]
+        .as_str()
+        .expect("serial")
+        .to_string();
+    let expiry = first
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("vaultsync.dev/expires-at"))
+        .cloned()
+        .expect("mark");
+
+    // At half of its 12 s lifetime the certificate is re-issued, before it expires.
+    let second = wait_secret(&client, &ns, "web", "the rotated certificate", |s| {
+        value(s, "tls.crt") != value(&first, "tls.crt")
+    })
+    .await;
+    let rotated_mark = second
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("vaultsync.dev/expires-at"))
+        .cloned()
+        .expect("mark");
+    assert!(rotated_mark > expiry, "the new certificate lives longer");
+    let status = wait_ready(&client, &ns, "VaultSecret", "web", "True", "Synced").await;
+    assert_ne!(status["sourceVersion"].as_str(), Some(serial.as_str()));
+    assert_no_leak(
+        &client,
+        &ns,
+        &op,
+        &[value(&first, "tls.key")
+            .expect("key")
+            .lines()
+            .nth(1)
+            .expect("key line")],
+    )
+    .await;
+    common::delete_namespace(&client, &ns).await;
+}
