@@ -384,3 +384,57 @@ async fn pki_certificates_are_valid_match_their_key_and_rotate_before_expiry() {
     .await;
     common::delete_namespace(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn a_short_tenant_token_does_not_revoke_the_credentials_in_use() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let ns = common::create_namespace(&client, "e2e-db-token").await;
+    let role = dynamic_tenant(&client, &ns).await;
+    // The tenant's Vault token lives 6 s (8 s at most); the database lease would live 1 h.
+    vaultrs::auth::kubernetes::role::create(
+        &root_vault(),
+        "kubernetes",
+        &role,
+        Some(
+            &mut vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest::builder()
+                .bound_service_account_names(vec!["app".to_string()])
+                .bound_service_account_namespaces(vec![ns.clone()])
+                .audience("vault")
+                .token_policies(vec![role.clone()])
+                .token_ttl("6s")
+                .token_max_ttl("8s"),
+        ),
+    )
+    .await
+    .expect("short-lived role");
+    database_role(&ns, 3600, 7200).await;
+    let op = Operator::start(&ns, "").await;
+    apply(&client, &ns, &database_secret(&role, &ns, "")).await;
+    let first = wait_secret(&client, &ns, "db", "database credentials", |s| {
+        value(s, "username").is_some()
+    })
+    .await;
+
+    // For 20 s, well past the token's end, whatever the Secret holds logs in.
+    let mut users = std::collections::BTreeSet::new();
+    let mut secrets = vec![creds(&first).1];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let current = secret(&client, &ns, "db").await.expect("the copy stays");
+        let (user, password) = creds(&current);
+        pg_login(&user, &password)
+            .unwrap_or_else(|e| panic!("the Secret held credentials that no longer log in: {e}"));
+        users.insert(user);
+        secrets.push(password);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        users.len() >= 2,
+        "credentials were re-issued before the token ended ({} users)",
+        users.len()
+    );
+    let canaries: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    assert_no_leak(&client, &ns, &op, &canaries).await;
+    common::delete_namespace(&client, &ns).await;
+}

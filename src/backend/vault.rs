@@ -54,6 +54,9 @@ struct CachedToken {
     /// When to renew or log in again (two thirds into the token's lease).
     refresh_at: Instant,
     renewable: bool,
+    /// When the token ends; Vault revokes the leases it created then. `None` for tokens
+    /// without a lease (such as a static token whose lifetime the operator cannot see).
+    expires_at: Option<jiff::Timestamp>,
 }
 
 /// The cached token of one identity; its lock makes concurrent reconciles share a login.
@@ -249,6 +252,7 @@ impl VaultBackend {
                     token: token.clone(),
                     refresh_at: Instant::now() + Duration::from_secs(60),
                     renewable: false,
+                    expires_at: None,
                 });
                 return self.client(&resolved.connection, &token);
             }
@@ -269,6 +273,17 @@ impl VaultBackend {
                 Err(login_error(&resolved.identity, e))
             }
         }
+    }
+
+    /// When the cached token of an identity ends, if it has an end.
+    pub async fn token_expiry(&self, resolved: &Resolved) -> Option<jiff::Timestamp> {
+        let slot = {
+            let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            tokens
+                .get(&(resolved.connection.clone(), resolved.identity.clone()))?
+                .clone()
+        };
+        slot.lock().await.as_ref().and_then(|c| c.expires_at)
     }
 
     /// Drops the cached token of an identity, after Vault refused it.
@@ -711,10 +726,17 @@ fn cache_entry(token: String, lease_seconds: u64, renewable: bool) -> CachedToke
     } else {
         lease_seconds
     };
+    let now = jiff::Timestamp::now();
     CachedToken {
         token,
         refresh_at: Instant::now() + Duration::from_secs(lease * 2 / 3),
         renewable,
+        expires_at: (lease_seconds > 0)
+            .then(|| {
+                now.saturating_add(jiff::SignedDuration::from_secs(lease_seconds as i64))
+                    .ok()
+            })
+            .flatten(),
     }
 }
 

@@ -218,7 +218,25 @@ impl VaultSecret {
         resolved: &Resolved,
     ) -> Result<Fetched> {
         match (&self.spec.vault.database, &self.spec.vault.pki) {
-            (Some(db), _) => ctx.vault.issue_database(client, resolved, db).await,
+            (Some(db), _) => {
+                let mut fetched = ctx.vault.issue_database(client, resolved, db).await?;
+                // Vault revokes a lease when the token that created it ends. A lease that
+                // would outlive its token is recorded as ending with the token, and as not
+                // renewable, so it is re-issued under a fresh login before that.
+                if let (Some(lease), Some(token_end)) = (
+                    fetched.lease.as_mut(),
+                    ctx.vault.token_expiry(resolved).await,
+                ) && token_end < lease.expires_at
+                {
+                    let now = Timestamp::now();
+                    lease.expires_at = token_end;
+                    lease.duration =
+                        Duration::try_from(token_end.duration_since(now)).unwrap_or_default();
+                    lease.renewable = false;
+                    fetched.not_after = Some(token_end);
+                }
+                Ok(fetched)
+            }
             (_, Some(pki)) => ctx.vault.issue_certificate(client, resolved, pki).await,
             _ => Err(Error::InvalidSpec(
                 "set exactly one source: kv, database or pki".into(),

@@ -38,6 +38,9 @@ pub fn expiry_mark(
     if let Some(cap) = cap {
         target = target.min(cap);
     }
+    // Whole seconds, as status timestamps are stored: a mark recomputed from status
+    // after a restart then equals the one already on the Secret.
+    let target = Timestamp::from_second(target.as_second()).unwrap_or(target);
     match existing {
         Some(old)
             if old <= target
