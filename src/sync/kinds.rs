@@ -101,7 +101,8 @@ impl SyncedResource for VaultSecret {
     }
 
     async fn cleanup(&self, ctx: &Context) -> Result<()> {
-        let Some(lease) = self.status.as_ref().and_then(|s| s.lease.as_ref()) else {
+        let fresh = self.fresh_status(ctx).await?;
+        let Some(lease) = fresh.as_ref().and_then(|s| s.lease.as_ref()) else {
             return Ok(());
         };
         let (Some(id), expires_at) = (lease.id.clone(), lease.expires_at.as_ref().map(|t| t.0))
@@ -139,14 +140,8 @@ impl VaultSecret {
         // The lease is read from the apiserver, not the watch cache: a reconcile triggered
         // by the Secret just written must see the status written right after it, or it
         // would issue a second set of credentials.
-        let api: kube::Api<VaultSecret> = kube::Api::namespaced(
-            ctx.client.clone(),
-            self.metadata.namespace.as_deref().unwrap_or_default(),
-        );
-        let fresh = api
-            .get_status(self.metadata.name.as_deref().unwrap_or_default())
-            .await?;
-        let status = fresh.status.as_ref();
+        let fresh = self.fresh_status(ctx).await?;
+        let status = fresh.as_ref();
         let recorded = status.and_then(|s| s.lease.as_ref());
         let current = recorded.and_then(|l| {
             Some(Lease {
@@ -199,16 +194,39 @@ impl VaultSecret {
                     // while the old ones still work, and revoke those afterwards.
                     Ok(_) | Err(_) => {}
                 }
-                let mut fresh = self.issue(ctx, client, resolved).await?;
+                let mut fresh = self.reissue(ctx, resolved).await?;
                 fresh.replaces = replaced(&lease);
                 Ok(fresh)
             }
-            (_, previous) => {
-                let mut fresh = self.issue(ctx, client, resolved).await?;
-                fresh.replaces = previous.as_ref().and_then(replaced);
+            (_, Some(previous)) => {
+                let mut fresh = self.reissue(ctx, resolved).await?;
+                fresh.replaces = replaced(&previous);
                 Ok(fresh)
             }
+            (_, None) => self.issue(ctx, client, resolved).await,
         }
+    }
+
+    /// The status as the apiserver has it now, not as the watch cache last saw it.
+    async fn fresh_status(&self, ctx: &Context) -> Result<Option<SyncStatus>> {
+        let api: kube::Api<VaultSecret> = kube::Api::namespaced(
+            ctx.client.clone(),
+            self.metadata.namespace.as_deref().unwrap_or_default(),
+        );
+        let fresh = api
+            .get_status(self.metadata.name.as_deref().unwrap_or_default())
+            .await?;
+        Ok(fresh.status)
+    }
+
+    /// A re-issue of database credentials logs in afresh first: the old token may be what
+    /// is ending, and leases die with the token that created them.
+    async fn reissue(&self, ctx: &Context, resolved: &Resolved) -> Result<Fetched> {
+        if self.spec.vault.database.is_some() {
+            ctx.vault.forget(resolved);
+        }
+        let client = ctx.vault.login(&ctx.client, resolved).await?;
+        self.issue(ctx, &client, resolved).await
     }
 
     async fn issue(
