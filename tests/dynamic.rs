@@ -369,8 +369,18 @@ async fn pki_certificates_are_valid_match_their_key_and_rotate_before_expiry() {
         .cloned()
         .expect("mark");
     assert!(rotated_mark > expiry, "the new certificate lives longer");
-    let status = wait_ready(&client, &ns, "VaultSecret", "web", "True", "Synced").await;
-    assert_ne!(status["sourceVersion"].as_str(), Some(serial.as_str()));
+    // Status follows the Secret write: wait for the new serial there too.
+    common::wait_until(Duration::from_secs(15), "the new serial in status", || {
+        let (client, ns, serial) = (client.clone(), ns.clone(), serial.clone());
+        async move {
+            let status = e2e::status(&client, &ns, "VaultSecret", "web").await;
+            (status["sourceVersion"]
+                .as_str()
+                .is_some_and(|s| s != serial))
+            .then_some(())
+        }
+    })
+    .await;
     assert_no_leak(
         &client,
         &ns,

@@ -313,8 +313,15 @@ async fn rotation_restarts_workloads_and_refreshes_do_not_write() {
         events.iter().any(|e| e.starts_with("WorkloadRestarted")),
         "{events:?}"
     );
-    let status = wait_ready(&client, &ns, "VaultSecret", "app", "True", "Synced").await;
-    assert_eq!(status["sourceVersion"], "2");
+    // Status is written right after the Secret: wait for it to name the new version.
+    common::wait_until(Duration::from_secs(15), "status to show version 2", || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            let status = e2e::status(&client, &ns, "VaultSecret", "app").await;
+            (status["sourceVersion"] == "2").then_some(())
+        }
+    })
+    .await;
     assert_no_leak(&client, &ns, &op, &[&first, &second]).await;
     common::delete_namespace(&client, &ns).await;
 }
