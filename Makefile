@@ -48,11 +48,13 @@ crds:
 	cargo run --quiet -- crds > crds/vaultsync.dev.yaml
 	cp crds/vaultsync.dev.yaml config/default/crd/vaultsync.dev.yaml
 	@echo "crds/vaultsync.dev.yaml regenerated (and its kustomize copy config/default/crd/)"
+	python3 tests/env/crd-reference.py crds/vaultsync.dev.yaml -o docs/crd-reference.md
 
 # The same comparison also runs as a test (tests/crds.rs); this target fails fast with a fix.
 crd-check:
 	@cargo run --quiet -- crds | diff -u crds/vaultsync.dev.yaml - \
 	  || { echo "crds/ is stale: run 'make crds' and commit the result"; exit 1; }
+	@python3 tests/env/crd-reference.py crds/vaultsync.dev.yaml --check docs/crd-reference.md
 
 # Runs the operator in the foreground against the local environment.
 run: env-up

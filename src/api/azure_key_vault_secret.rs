@@ -64,7 +64,8 @@ pub struct AzureVault {
     #[schemars(length(max = 63))]
     pub connection: Option<String>,
 
-    /// How to authenticate to Key Vault. When absent, the connection's default applies.
+    /// How to authenticate to Key Vault: as a service account of this namespace (workload
+    /// identity), a service principal, or, where the connection allows it, the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AzureAuth>,
 
