@@ -25,7 +25,6 @@ use e2e::{
     Operator, apply, assert_no_leak, canary, root_vault, secret, tenant, value, wait_ready,
     wait_secret,
 };
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -952,12 +951,6 @@ async fn can(
         .is_some_and(|s| s.allowed)
 }
 
-fn vault_secret(name: &str, role: &str, source: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: vaultsync.dev/v1alpha1\nkind: VaultSecret\nmetadata: {{name: {name}}}\nspec:\n  vault:\n    auth: {{kubernetes: {{role: {role}, serviceAccountName: app}}}}\n    {source}\n{extra}"
-    )
-}
-
 async fn wait_event(client: &kube::Client, ns: &str, reason: &str) {
     common::wait_until(
         Duration::from_secs(30),
@@ -971,60 +964,6 @@ async fn wait_event(client: &kube::Client, ns: &str, reason: &str) {
         },
     )
     .await;
-}
-
-/// The tenant's Vault policy: its KV paths, dynamic database credentials named after the
-/// namespace, and renewal and revocation of their leases.
-async fn kv_and_database_policy(role: &str, ns: &str) {
-    let policy = format!(
-        "path \"secret/data/{ns}/*\" {{ capabilities = [\"read\"] }}\n\
-         path \"database/creds/{ns}\" {{ capabilities = [\"read\"] }}\n\
-         path \"sys/leases/renew\" {{ capabilities = [\"update\"] }}\n\
-         path \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n"
-    );
-    vaultrs::sys::policy::set(&root_vault(), role, &policy)
-        .await
-        .expect("policy");
-}
-
-/// A database role named after the namespace, with the statements of the environment's
-/// `app` role and a one-hour lease.
-async fn database_role(ns: &str) {
-    let http = reqwest::Client::new();
-    let addr = common::env("VAULT_ADDR", "OpenBao server");
-    let token = common::env("VAULT_TOKEN", "OpenBao server");
-    let app: Value = http
-        .get(format!("{addr}/v1/database/roles/app"))
-        .header("X-Vault-Token", &token)
-        .send()
-        .await
-        .expect("read database role app")
-        .json()
-        .await
-        .expect("role json");
-    let data = &app["data"];
-    assert!(
-        data.is_object(),
-        "database role app exists (run `make env-up`)"
-    );
-    let response = http
-        .post(format!("{addr}/v1/database/roles/{ns}"))
-        .header("X-Vault-Token", &token)
-        .json(&json!({
-            "db_name": data["db_name"],
-            "creation_statements": data["creation_statements"],
-            "revocation_statements": data["revocation_statements"],
-            "default_ttl": 3600,
-            "max_ttl": 7200,
-        }))
-        .send()
-        .await
-        .expect("create database role");
-    assert!(
-        response.status().is_success(),
-        "create database role: {}",
-        response.status()
-    );
 }
 
 /// Installs the chart's RBAC for a release in a fresh namespace, runs the operator out of
@@ -1062,26 +1001,15 @@ async fn operator_runs_with_the_chart_rbac(scope: &str) {
     );
 
     let role = tenant(&admin, &ns, "app", &format!("{ns}/")).await;
-    kv_and_database_policy(&role, &ns).await;
-    database_role(&ns).await;
+    e2e::dynamic_policy(&role, &ns).await;
+    e2e::database_role(&ns, 3600, 7200).await;
     let root = root_vault();
     let (first, second) = (canary("first"), canary("second"));
     let path = format!("{ns}/app");
     vaultrs::kv2::set(&root, "secret", &path, &json!({"password": first}))
         .await
         .expect("seed");
-    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
-    let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "api"},
-        "spec": {"selector": {"matchLabels": {"app": "api"}},
-                 "template": {"metadata": {"labels": {"app": "api"}},
-                              "spec": {"containers": [{"name": "api", "image": "example.invalid/api"}]}}}
-    }))
-    .expect("deployment");
-    deployments
-        .create(&PostParams::default(), &deployment)
-        .await
-        .expect("create deployment");
+    let deployments = e2e::deployment(&admin, &ns).await;
 
     // The chart's default Lease name, so the Lease permissions are the ones exercised.
     let op = Operator::start_with_kubeconfig(
@@ -1095,7 +1023,7 @@ async fn operator_runs_with_the_chart_rbac(scope: &str) {
     apply(
         &admin,
         &ns,
-        &vault_secret(
+        &e2e::vault_secret(
             "app",
             &role,
             &source,
@@ -1107,7 +1035,7 @@ async fn operator_runs_with_the_chart_rbac(scope: &str) {
     apply(
         &admin,
         &ns,
-        &vault_secret(
+        &e2e::vault_secret(
             "steady",
             &role,
             &source,

@@ -8,10 +8,9 @@ mod e2e;
 use std::time::Duration;
 
 use e2e::{
-    Operator, apply, assert_no_leak, canary, root_vault, secret, tenant, value, wait_ready,
-    wait_secret,
+    Operator, apply, assert_no_leak, canary, root_vault, secret, tenant, value, vault_secret,
+    wait_ready, wait_secret,
 };
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -21,12 +20,6 @@ async fn setup(prefix: &str) -> (kube::Client, String) {
     common::install_crds(&client).await;
     let ns = common::create_namespace(&client, prefix).await;
     (client, ns)
-}
-
-fn vault_secret(name: &str, role: &str, source: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: vaultsync.dev/v1alpha1\nkind: VaultSecret\nmetadata: {{name: {name}}}\nspec:\n  vault:\n    auth: {{kubernetes: {{role: {role}, serviceAccountName: app}}}}\n    {source}\n{extra}"
-    )
 }
 
 #[tokio::test]
@@ -208,18 +201,7 @@ async fn rotation_restarts_workloads_and_refreshes_do_not_write() {
     vaultrs::kv2::set(&root, "secret", &path, &json!({"password": first}))
         .await
         .expect("seed");
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "api"},
-        "spec": {"selector": {"matchLabels": {"app": "api"}},
-                 "template": {"metadata": {"labels": {"app": "api"}},
-                              "spec": {"containers": [{"name": "api", "image": "example.invalid/api"}]}}}
-    }))
-    .expect("deployment");
-    deployments
-        .create(&PostParams::default(), &deployment)
-        .await
-        .expect("create deployment");
+    let deployments = e2e::deployment(&client, &ns).await;
 
     let op = Operator::start(&ns, "").await;
     apply(

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -356,4 +357,98 @@ pub fn pg_login(user: &str, password: &str) -> Result<(), String> {
             .unwrap_or("")
             .to_string())
     }
+}
+
+/// A manifest of a VaultSecret reading as service account `app` with `role`.
+pub fn vault_secret(name: &str, role: &str, source: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: vaultsync.dev/v1alpha1\nkind: VaultSecret\nmetadata: {{name: {name}}}\nspec:\n  vault:\n    auth: {{kubernetes: {{role: {role}, serviceAccountName: app}}}}\n    {source}\n{extra}"
+    )
+}
+
+/// Replaces `role`'s policy with one that also covers dynamic credentials, lease renewal
+/// and revocation, and PKI issue/revoke, besides the KV paths under `{ns}/`.
+pub async fn dynamic_policy(role: &str, ns: &str) {
+    let policy = format!(
+        "path \"secret/data/{ns}/*\" {{ capabilities = [\"read\"] }}\n\
+         path \"kv1/{ns}/*\" {{ capabilities = [\"read\"] }}\n\
+         path \"database/creds/{ns}\" {{ capabilities = [\"read\"] }}\n\
+         path \"sys/leases/renew\" {{ capabilities = [\"update\"] }}\n\
+         path \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n\
+         path \"pki/issue/web\" {{ capabilities = [\"update\"] }}\n\
+         path \"pki/revoke\" {{ capabilities = [\"update\"] }}\n"
+    );
+    vaultrs::sys::policy::set(&root_vault(), role, &policy)
+        .await
+        .expect("policy");
+}
+
+/// A database role named after the namespace with the given TTLs, reusing the
+/// statements of the environment's `app` role.
+pub async fn database_role(ns: &str, default_ttl: u64, max_ttl: u64) {
+    let http = reqwest::Client::new();
+    let addr = common::env("VAULT_ADDR", "OpenBao server");
+    let token = common::env("VAULT_TOKEN", "OpenBao server");
+    let app: serde_json::Value = http
+        .get(format!("{addr}/v1/database/roles/app"))
+        .header("X-Vault-Token", &token)
+        .send()
+        .await
+        .expect("read role app")
+        .json()
+        .await
+        .expect("role json");
+    let data = &app["data"];
+    assert!(
+        data.is_object(),
+        "database role app exists (run `make env-up`)"
+    );
+    let response = http
+        .post(format!("{addr}/v1/database/roles/{ns}"))
+        .header("X-Vault-Token", &token)
+        .json(&json!({
+            "db_name": data["db_name"],
+            "creation_statements": data["creation_statements"],
+            "revocation_statements": data["revocation_statements"],
+            "default_ttl": default_ttl,
+            "max_ttl": max_ttl,
+        }))
+        .send()
+        .await
+        .expect("create role");
+    assert!(
+        response.status().is_success(),
+        "create database role: {}",
+        response.status()
+    );
+}
+
+/// Creates Deployment `api` in `ns` (no kubelet runs it; its pod template is what a
+/// rollout restart changes).
+pub async fn deployment(client: &kube::Client, ns: &str) -> Api<Deployment> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "api"},
+        "spec": {"selector": {"matchLabels": {"app": "api"}},
+                 "template": {"metadata": {"labels": {"app": "api"}},
+                              "spec": {"containers": [{"name": "api", "image": "example.invalid/api"}]}}}
+    }))
+    .expect("deployment");
+    api.create(&PostParams::default(), &d)
+        .await
+        .expect("create deployment");
+    api
+}
+
+/// The restart annotation vaultsync puts on Deployment `api`, if any.
+pub async fn restarted_at(api: &Api<Deployment>) -> Option<String> {
+    api.get("api")
+        .await
+        .ok()?
+        .spec?
+        .template
+        .metadata?
+        .annotations?
+        .get("vaultsync.dev/restartedAt")
+        .cloned()
 }
