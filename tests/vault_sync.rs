@@ -1044,3 +1044,99 @@ async fn check_prints_key_names_and_sizes_only() {
     );
     common::delete_namespace(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn throttling_honours_retry_after_and_keeps_the_copy() {
+    let (client, ns) = setup("e2e-429").await;
+    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let root = root_vault();
+    let value_ = canary("throttle");
+    vaultrs::kv2::set(
+        &root,
+        "secret",
+        &format!("{ns}/app"),
+        &json!({"password": value_}),
+    )
+    .await
+    .expect("seed");
+    let op = Operator::start(&ns, "").await;
+    apply(
+        &client,
+        &ns,
+        &vault_secret(
+            "app",
+            &role,
+            &format!("kv: {{mount: secret, path: {ns}/app}}"),
+            "  refreshInterval: 1s\n  ttl: 1h\n",
+        ),
+    )
+    .await;
+    let before = wait_secret(&client, &ns, "app", "the copy", |_| true).await;
+
+    // An OpenBao rate-limit quota on this tenant's path: one read per 20 s, answered with
+    // 429 and a Retry-After.
+    let http = reqwest::Client::new();
+    let quota = format!(
+        "{}/v1/sys/quotas/rate-limit/{ns}",
+        common::env("VAULT_ADDR", "OpenBao server")
+    );
+    let token = common::env("VAULT_TOKEN", "OpenBao server");
+    // OpenBao sends Retry-After only when quota headers are switched on.
+    let config = format!(
+        "{}/v1/sys/quotas/config",
+        common::env("VAULT_ADDR", "OpenBao server")
+    );
+    http.post(&config)
+        .header("X-Vault-Token", &token)
+        .json(&json!({"enable_rate_limit_response_headers": true}))
+        .send()
+        .await
+        .expect("quota headers");
+    let response = http
+        .post(&quota)
+        .header("X-Vault-Token", &token)
+        .json(&json!({"path": format!("secret/data/{ns}/app"), "rate": 1, "interval": "20s", "block_interval": "20s"}))
+        .send()
+        .await
+        .expect("quota");
+    assert!(
+        response.status().is_success(),
+        "create rate-limit quota: {}",
+        response.status()
+    );
+    let status = wait_ready(
+        &client,
+        &ns,
+        "VaultSecret",
+        "app",
+        "False",
+        "BackendUnavailable",
+    )
+    .await;
+    assert!(
+        status["conditions"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("429")),
+        "{status}"
+    );
+    const KV_ERRORS: &str = "vaultsync_backend_requests_total{backend=\"vault\",operation=\"kv_read\",outcome=\"error\"}";
+    let first = op.metric(KV_ERRORS).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let later = op.metric(KV_ERRORS).await;
+    // With a 1 s refresh and a 1 s first backoff the operator would try ~8 times; the
+    // Retry-After holds it off instead.
+    assert!(
+        later - first <= 1.0,
+        "retried {} times within the Retry-After window",
+        later - first
+    );
+    let during = secret(&client, &ns, "app").await.expect("the copy is kept");
+    assert_eq!(during.data, before.data, "byte-identical while throttled");
+    let _ = http
+        .delete(&quota)
+        .header("X-Vault-Token", &token)
+        .send()
+        .await;
+    assert_no_leak(&client, &ns, &op, &[&value_]).await;
+    common::delete_namespace(&client, &ns).await;
+}

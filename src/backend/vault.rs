@@ -303,6 +303,8 @@ impl VaultBackend {
             .kv_version(client, &resolved.connection, &kv.mount)
             .await?;
         let what = format!("{}/{}", kv.mount, kv.path);
+        // A plain request rather than vaultrs' KV calls: those drop the response headers,
+        // and a 429's Retry-After must reach the backoff.
         let (data, source_version) = if version == 1 {
             if kv.version.is_some() {
                 return Err(Error::InvalidSpec(format!(
@@ -310,27 +312,48 @@ impl VaultBackend {
                     kv.mount
                 )));
             }
-            self.throttle(&resolved.connection).await;
-            let res = vaultrs::kv1::get_raw(client, &kv.mount, &kv.path).await;
-            self.count("kv_read", &res);
-            (
-                res.map_err(|e| backend_error(&what, e))?.data,
-                String::new(),
-            )
+            let body = self
+                .raw(
+                    client,
+                    &resolved.connection,
+                    reqwest::Method::GET,
+                    &what,
+                    None,
+                    &what,
+                )
+                .await;
+            self.metrics
+                .backend_request("vault", "kv_read", outcome(&body));
+            (body?["data"].take(), String::new())
         } else {
-            let mut req = vaultrs::api::kv2::requests::ReadSecretRequest::builder();
-            req.mount(kv.mount.as_str()).path(kv.path.as_str());
+            let mut path = format!("{}/data/{}", kv.mount, kv.path);
             if let Some(v) = kv.version {
-                req.version(Some(u64::try_from(v).unwrap_or(0)));
+                path.push_str(&format!("?version={v}"));
             }
-            let endpoint = req
-                .build()
-                .map_err(|_| Error::InvalidSpec("invalid KV request".into()))?;
-            self.throttle(&resolved.connection).await;
-            let res = vaultrs::api::exec_with_result(client, endpoint).await;
-            self.count("kv_read", &res);
-            let res = res.map_err(|e| backend_error(&what, e))?;
-            (res.data, res.metadata.version.to_string())
+            let body = self
+                .raw(
+                    client,
+                    &resolved.connection,
+                    reqwest::Method::GET,
+                    &path,
+                    None,
+                    &what,
+                )
+                .await;
+            self.metrics
+                .backend_request("vault", "kv_read", outcome(&body));
+            let mut body = body?;
+            let version = body["data"]["metadata"]["version"]
+                .as_u64()
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            if body["data"]["data"].is_null() {
+                // A deleted or destroyed version answers with metadata only.
+                return Err(Error::NotFound(format!(
+                    "{what} version {version} is deleted"
+                )));
+            }
+            (body["data"]["data"].take(), version)
         };
         let object = match data {
             Value::Object(map) => map,
@@ -661,14 +684,6 @@ impl VaultBackend {
         if let Some(c) = self.connections.get(connection) {
             c.limiter.acquire().await;
         }
-    }
-
-    fn count<T>(&self, operation: &str, res: &std::result::Result<T, ClientError>) {
-        let outcome = match res {
-            Ok(_) => "ok",
-            Err(_) => "error",
-        };
-        self.metrics.backend_request("vault", operation, outcome);
     }
 }
 
