@@ -194,12 +194,12 @@ impl VaultSecret {
                     // while the old ones still work, and revoke those afterwards.
                     Ok(_) | Err(_) => {}
                 }
-                let mut fresh = self.reissue(ctx, resolved).await?;
+                let mut fresh = self.reissue(ctx, resolved, &lease).await?;
                 fresh.replaces = replaced(&lease);
                 Ok(fresh)
             }
             (_, Some(previous)) => {
-                let mut fresh = self.reissue(ctx, resolved).await?;
+                let mut fresh = self.reissue(ctx, resolved, &previous).await?;
                 fresh.replaces = replaced(&previous);
                 Ok(fresh)
             }
@@ -219,10 +219,24 @@ impl VaultSecret {
         Ok(fresh.status)
     }
 
-    /// A re-issue of database credentials logs in afresh first: the old token may be what
-    /// is ending, and leases die with the token that created them.
-    async fn reissue(&self, ctx: &Context, resolved: &Resolved) -> Result<Fetched> {
-        if self.spec.vault.database.is_some() {
+    /// A re-issue of database credentials logs in afresh first when the cached token would
+    /// end before a lease as long as the previous one: leases die with their token.
+    async fn reissue(
+        &self,
+        ctx: &Context,
+        resolved: &Resolved,
+        previous: &Lease,
+    ) -> Result<Fetched> {
+        let token_end = ctx.vault.token_expiry(resolved).await;
+        let now = Timestamp::now();
+        let too_short = token_end.is_some_and(|end| {
+            end <= now
+                .saturating_add(
+                    jiff::SignedDuration::try_from(previous.duration).unwrap_or_default(),
+                )
+                .unwrap_or(now)
+        });
+        if self.spec.vault.database.is_some() && too_short {
             ctx.vault.forget(resolved);
         }
         let client = ctx.vault.login(&ctx.client, resolved).await?;

@@ -82,7 +82,13 @@ pub fn next_refresh(inputs: &RefreshInputs, jitter: f64) -> Duration {
         lifetime,
         renewal_percent,
     } = *inputs;
-    let margin = (ttl / 10).min(Duration::from_secs(300));
+    // The margin is a tenth of the copy's real validity window (a lease or certificate may
+    // be far shorter than ttl), at most five minutes.
+    let window = match lifetime {
+        Some((start, end)) => ttl.min(unsigned(end.duration_since(start))),
+        None => ttl,
+    };
+    let margin = (window / 10).min(Duration::from_secs(300));
     let mut delay = refresh_interval;
     let until_expiry = unsigned(expires_at.duration_since(now));
     delay = delay.min(until_expiry.saturating_sub(margin));
@@ -236,6 +242,14 @@ mod tests {
             ..base
         };
         assert_eq!(next_refresh(&near, 0.0), Duration::from_secs(1200 - 300));
+        // A 60 s lease under a 1 h ttl renews at 67%, not every second.
+        let short = RefreshInputs {
+            lifetime: Some((t(0), t(60))),
+            expires_at: t(60),
+            ttl: Duration::from_secs(H),
+            ..base
+        };
+        assert_eq!(next_refresh(&short, 0.0), Duration::from_secs_f64(40.2));
         // A 60 s lease renews at 67%.
         let lease = RefreshInputs {
             lifetime: Some((t(0), t(60))),
