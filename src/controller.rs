@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::events::{EventSink, EventType};
 use crate::metrics::Metrics;
-use crate::sync::apply::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::sync::apply::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGER};
 use crate::sync::{self, SyncedResource};
 
 /// Name of the Secret, in the operator's namespace, holding the key of `status.dataHmac`.
@@ -158,6 +158,19 @@ pub async fn hmac_key(client: &Client, namespace: &str) -> anyhow::Result<Vec<u8
     }
 }
 
+/// Whether the latest change to a Secret was the operator's own (its field manager wrote
+/// last), judged from the managed fields the metadata watch carries.
+fn written_by_operator(secret: &PartialObjectMeta<Secret>) -> bool {
+    secret
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|f| f.time.is_some())
+        .max_by_key(|f| f.time.as_ref().map(|t| t.0))
+        .is_some_and(|latest| latest.manager.as_deref() == Some(MANAGER))
+}
+
 fn managed_secrets_config() -> watcher::Config {
     watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"))
 }
@@ -214,10 +227,21 @@ fn controller_for<K: SyncedResource>(
     };
     let (reader, writer) = reflector::store();
     stores.push(reader);
+    // Edits and deletions by others trigger a repair at once; the operator's own writes do
+    // not trigger another sync of what it just wrote.
     let secret_events = watcher(secrets, managed_secrets_config())
         .default_backoff()
         .reflect(writer)
-        .touched_objects();
+        .filter_map(|event| {
+            future::ready(match event {
+                Ok(watcher::Event::Apply(secret)) if written_by_operator(&secret) => None,
+                Ok(watcher::Event::Apply(secret) | watcher::Event::Delete(secret)) => {
+                    Some(Ok(secret))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+        });
     // Only spec changes (generation) trigger a reconcile: the operator's own status
     // writes must not, or every sync would schedule the next one at once.
     let (object_reader, object_writer) = reflector::store();

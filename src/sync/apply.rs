@@ -30,6 +30,15 @@ pub const EXPIRES_AT: &str = "vaultsync.dev/expires-at";
 pub const SOURCE_VERSION: &str = "vaultsync.dev/source-version";
 pub const RESTARTED_AT: &str = "vaultsync.dev/restartedAt";
 
+/// Parameters of the operator's patches that are not server-side apply (drift clean-up,
+/// restarts, finalizers): the same field manager, so every write is attributable.
+pub fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
 /// What the apply step did.
 pub struct Outcome {
     pub secret_name: String,
@@ -207,7 +216,7 @@ pub async fn apply<K: SyncedResource>(
             if !extra.is_empty() {
                 api.patch(
                     &desired.name,
-                    &PatchParams::default(),
+                    &patch_params(),
                     &Patch::Merge(json!({"data": extra})),
                 )
                 .await?;
@@ -331,7 +340,7 @@ where
         + std::fmt::Debug,
 {
     Api::<W>::namespaced(client, namespace)
-        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .patch(name, &patch_params(), &Patch::Merge(patch))
         .await
         .map(|_| ())
 }

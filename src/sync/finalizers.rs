@@ -2,10 +2,11 @@
 //! that concurrent writers cannot lose each other's entries.
 
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use serde_json::json;
 
 use super::SyncedResource;
+use super::apply::patch_params;
 use crate::controller::Context;
 use crate::error::Result;
 
@@ -36,11 +37,7 @@ async fn write<K: SyncedResource>(obj: &K, ctx: &Context, patch: serde_json::Val
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let patch: json_patch::Patch = serde_json::from_value(patch)
         .map_err(|e| crate::error::Error::InvalidSpec(e.to_string()))?;
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::default(),
-        &Patch::Json::<()>(patch),
-    )
-    .await?;
+    api.patch(&obj.name_any(), &patch_params(), &Patch::Json::<()>(patch))
+        .await?;
     Ok(())
 }
