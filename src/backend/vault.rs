@@ -303,46 +303,35 @@ impl VaultBackend {
             .kv_version(client, &resolved.connection, &kv.mount)
             .await?;
         let what = format!("{}/{}", kv.mount, kv.path);
+        if version == 1 && kv.version.is_some() {
+            return Err(Error::InvalidSpec(format!(
+                "mount {} is KV version 1, which has no versions: remove spec.vault.kv.version",
+                kv.mount
+            )));
+        }
+        let path = match (version, kv.version) {
+            (1, _) => what.clone(),
+            (_, Some(v)) => format!("{}/data/{}?version={v}", kv.mount, kv.path),
+            (_, None) => format!("{}/data/{}", kv.mount, kv.path),
+        };
         // A plain request rather than vaultrs' KV calls: those drop the response headers,
         // and a 429's Retry-After must reach the backoff.
+        let body = self
+            .raw(
+                client,
+                &resolved.connection,
+                reqwest::Method::GET,
+                &path,
+                None,
+                &what,
+            )
+            .await;
+        self.metrics
+            .backend_request("vault", "kv_read", outcome(&body));
+        let mut body = body?;
         let (data, source_version) = if version == 1 {
-            if kv.version.is_some() {
-                return Err(Error::InvalidSpec(format!(
-                    "mount {} is KV version 1, which has no versions: remove spec.vault.kv.version",
-                    kv.mount
-                )));
-            }
-            let body = self
-                .raw(
-                    client,
-                    &resolved.connection,
-                    reqwest::Method::GET,
-                    &what,
-                    None,
-                    &what,
-                )
-                .await;
-            self.metrics
-                .backend_request("vault", "kv_read", outcome(&body));
-            (body?["data"].take(), String::new())
+            (body["data"].take(), String::new())
         } else {
-            let mut path = format!("{}/data/{}", kv.mount, kv.path);
-            if let Some(v) = kv.version {
-                path.push_str(&format!("?version={v}"));
-            }
-            let body = self
-                .raw(
-                    client,
-                    &resolved.connection,
-                    reqwest::Method::GET,
-                    &path,
-                    None,
-                    &what,
-                )
-                .await;
-            self.metrics
-                .backend_request("vault", "kv_read", outcome(&body));
-            let mut body = body?;
             let version = body["data"]["metadata"]["version"]
                 .as_u64()
                 .map(|v| v.to_string())
