@@ -20,24 +20,30 @@
 //! Run with `make bench` (or `cargo build --release && cargo run --release --example
 //! bench` after `source target/env/env.sh`).
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
+use common::{
+    OperatorConfig, Samples, apiserver_writes, bench_namespaces, delta, fmt_top, install_crds,
+    percentile, wait_for,
+};
 use futures::{StreamExt, TryStreamExt, stream};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::client::VaultClient;
 use vaultsync::api::VaultSecret;
 
+const MAKE: &str = "make bench";
+const NS_PREFIX: &str = "bench-";
 const NAMESPACES: usize = 50;
 const PER_NAMESPACE: usize = 20;
 const TOTAL: usize = NAMESPACES * PER_NAMESPACE;
@@ -49,397 +55,56 @@ const LABEL: &str = "vaultsync.dev/bench";
 const FIELD_MANAGER: &str = "vaultsync-bench";
 const COLD_START_TIMEOUT: Duration = Duration::from_secs(120);
 const CYCLE_TIMEOUT: Duration = Duration::from_secs(90);
-const CLK_TCK: f64 = 100.0;
 
 const TARGET_READY_SECS: f64 = 20.0;
 const TARGET_RSS_MIB: f64 = 64.0;
 
 fn ns_name(n: usize) -> String {
-    format!("bench-{n}")
+    format!("{NS_PREFIX}{n}")
 }
 
 fn is_bench_namespace(name: &str) -> bool {
-    name.strip_prefix("bench-")
-        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
+    common::is_numbered(name, NS_PREFIX)
 }
 
 fn env(name: &str) -> anyhow::Result<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty()).with_context(|| {
-        format!("{name} is not set: run `make env-up` and `source target/env/env.sh` (make bench does both)")
-    })
-}
-
-fn root_vault() -> anyhow::Result<VaultClient> {
-    Ok(VaultClient::new(
-        VaultClientSettingsBuilder::default()
-            .address(env("VAULT_ADDR")?)
-            .token(env("VAULT_TOKEN")?)
-            .build()?,
-    )?)
-}
-
-// ---------------------------------------------------------------------------------------
-// Prometheus text parsing
-
-#[derive(Clone, Default)]
-struct Samples(Vec<(String, BTreeMap<String, String>, f64)>);
-
-impl Samples {
-    fn parse(text: &str) -> Self {
-        let mut out = Vec::new();
-        for line in text.lines() {
-            if line.starts_with('#') || line.trim().is_empty() {
-                continue;
-            }
-            let (series, value) = match line.rsplit_once(' ') {
-                Some(parts) => parts,
-                None => continue,
-            };
-            let Ok(value) = value.trim().parse::<f64>() else {
-                continue;
-            };
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
-                None => (series, BTreeMap::new()),
-            };
-            out.push((name.to_string(), labels, value));
-        }
-        Samples(out)
-    }
-
-    /// Sum of the series named `name` whose labels pass `keep`.
-    fn sum(&self, name: &str, keep: impl Fn(&BTreeMap<String, String>) -> bool) -> f64 {
-        self.0
-            .iter()
-            .filter(|(n, l, _)| n == name && keep(l))
-            .map(|(_, _, v)| v)
-            // An empty float sum is -0.0; print it as 0.
-            .sum::<f64>()
-            + 0.0
-    }
-
-    /// Sums of the series named `name` passing `keep`, grouped by `key`.
-    fn group(
-        &self,
-        name: &str,
-        keep: impl Fn(&BTreeMap<String, String>) -> bool,
-        key: impl Fn(&BTreeMap<String, String>) -> String,
-    ) -> BTreeMap<String, f64> {
-        let mut out = BTreeMap::new();
-        for (n, l, v) in &self.0 {
-            if n == name && keep(l) {
-                *out.entry(key(l)).or_insert(0.0) += v;
-            }
-        }
-        out
-    }
-}
-
-fn parse_labels(text: &str) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    let mut rest = text;
-    while let Some((key, after)) = rest.split_once("=\"") {
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = after.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, escaped)) = chars.next() {
-                        value.push(match escaped {
-                            'n' => '\n',
-                            other => other,
-                        });
-                    }
-                }
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                other => value.push(other),
-            }
-        }
-        labels.insert(key.trim_start_matches(',').trim().to_string(), value);
-        rest = &after[end..];
-    }
-    labels
-}
-
-fn delta(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
-        .filter(|(_, v)| *v > 0.0)
-        .collect()
-}
-
-const WRITE_VERBS: [&str; 6] = [
-    "POST",
-    "PUT",
-    "PATCH",
-    "DELETE",
-    "DELETECOLLECTION",
-    "APPLY",
-];
-
-/// Apiserver write requests so far, by "verb resource[/subresource]".
-async fn apiserver_writes(client: &Client) -> anyhow::Result<BTreeMap<String, f64>> {
-    let request = axum::http::Request::get("/metrics").body(Vec::new())?;
-    let text = client
-        .request_text(request)
-        .await
-        .context("read the kube-apiserver's /metrics")?;
-    Ok(Samples::parse(&text).group(
-        "apiserver_request_total",
-        |l| WRITE_VERBS.contains(&l.get("verb").map(String::as_str).unwrap_or_default()),
-        |l| {
-            let resource = l.get("resource").cloned().unwrap_or_default();
-            let sub = l.get("subresource").cloned().unwrap_or_default();
-            let verb = l.get("verb").cloned().unwrap_or_default();
-            if sub.is_empty() {
-                format!("{verb} {resource}")
-            } else {
-                format!("{verb} {resource}/{sub}")
-            }
-        },
-    ))
-}
-
-// ---------------------------------------------------------------------------------------
-// The operator process
-
-struct Operator {
-    child: Child,
-    metrics_url: String,
-    log: PathBuf,
-}
-
-#[derive(Clone, Copy, Default)]
-struct ProcStats {
-    cpu_seconds: f64,
-    hwm_kib: u64,
-    rss_kib: u64,
-}
-
-impl Operator {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn stats(&self) -> ProcStats {
-        let pid = self.pid();
-        let mut stats = ProcStats::default();
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            // Fields after the parenthesised command name; utime and stime are fields
-            // 14 and 15 of the whole line, so 12 and 13 after the name.
-            if let Some((_, rest)) = text.rsplit_once(')') {
-                let fields: Vec<&str> = rest.split_whitespace().collect();
-                let ticks = |i: usize| {
-                    fields
-                        .get(i)
-                        .and_then(|f| f.parse::<f64>().ok())
-                        .unwrap_or(0.0)
-                };
-                stats.cpu_seconds = (ticks(11) + ticks(12)) / CLK_TCK;
-            }
-        }
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            for line in text.lines() {
-                let kib = || {
-                    line.split_whitespace()
-                        .nth(1)
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0)
-                };
-                if line.starts_with("VmHWM:") {
-                    stats.hwm_kib = kib();
-                } else if line.starts_with("VmRSS:") {
-                    stats.rss_kib = kib();
-                }
-            }
-        }
-        stats
-    }
-
-    async fn metrics(&self) -> Samples {
-        match reqwest::get(&self.metrics_url).await {
-            Ok(response) => Samples::parse(&response.text().await.unwrap_or_default()),
-            Err(_) => Samples::default(),
-        }
-    }
-
-    /// SIGTERM, then SIGKILL after five seconds.
-    fn stop(&mut self) {
-        if !self.alive() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if !self.alive() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn operator_binary() -> anyhow::Result<PathBuf> {
-    // This example runs from <target>/release/examples/bench; the operator is
-    // <target>/release/vaultsync.
-    let exe = std::env::current_exe()?;
-    let candidates = [
-        exe.parent()
-            .and_then(|p| p.parent())
-            .map(|p| p.join("vaultsync")),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/vaultsync")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.is_file())
-        .context("target/release/vaultsync is missing: run `cargo build --release` first")
+    common::env(name, MAKE)
 }
 
 /// `watch_namespaces` is YAML: `[]` for all namespaces, or a list.
-fn start_operator(dir: &std::path::Path, watch_namespaces: &str) -> anyhow::Result<Operator> {
-    let port = free_port()?;
-    let config = format!(
-        "metricsAddress: 127.0.0.1:{port}\n\
-         logFormat: text\n\
-         operatorNamespace: vaultsync-system\n\
-         watchNamespaces: {watch_namespaces}\n\
-         defaults: {{ttl: 3h, refreshInterval: 1h, minRefreshInterval: 5s, concurrency: {OPERATOR_CONCURRENCY}}}\n\
-         vault:\n  default:\n    address: {addr}\n    kvVersions: {{}}\n",
-        addr = env("VAULT_ADDR")?,
-    );
-    let config_path = dir.join("config.yaml");
-    std::fs::write(&config_path, config)?;
-    let log = dir.join("operator.log");
-    let log_file = std::fs::File::create(&log)?;
-    let child = Command::new(operator_binary()?)
-        .args(["run", "--config"])
-        .arg(&config_path)
-        // VAULTSYNC_BENCH_LOG overrides the level, such as `debug` to see why reconciles run.
-        .env(
-            "VAULTSYNC_LOG",
-            std::env::var("VAULTSYNC_BENCH_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .spawn()
-        .context("start target/release/vaultsync")?;
-    Ok(Operator {
-        child,
-        metrics_url: format!("http://127.0.0.1:{port}/metrics"),
-        log,
-    })
+fn start_operator(
+    dir: &std::path::Path,
+    watch_namespaces: &str,
+) -> anyhow::Result<common::Operator> {
+    common::start_operator(
+        dir,
+        OperatorConfig {
+            watch_namespaces,
+            concurrency: OPERATOR_CONCURRENCY,
+            vault_addr: env("VAULT_ADDR")?,
+            // VAULTSYNC_BENCH_LOG overrides the level, such as `debug` to see why reconciles run.
+            log_level: std::env::var("VAULTSYNC_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------
 // Setup and cleanup
 
-async fn install_crds(client: &Client) -> anyhow::Result<()> {
-    let api = Api::<CustomResourceDefinition>::all(client.clone());
-    let yaml = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/crds/vaultsync.dev.yaml"
-    ))?;
-    let mut names = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&yaml) {
-        let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc)?;
-        let name = crd.name_any();
-        // The same field manager as the tests, so the two never co-own CRD fields.
-        api.patch(
-            &name,
-            &PatchParams::apply("vaultsync-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("apply CRD {name}"))?;
-        names.push(name);
-    }
-    for name in names {
-        wait_for(Duration::from_secs(30), &format!("CRD {name}"), || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let crd = api.get(&name).await.ok()?;
-                crd.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        })
-        .await?;
-    }
-    Ok(())
-}
-
-async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn bench_namespaces(client: &Client) -> anyhow::Result<Vec<String>> {
-    Ok(Api::<Namespace>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .map(|n| n.name_any())
-        .filter(|n| is_bench_namespace(n))
-        .collect())
-}
-
 /// Deletes every `bench-<n>` namespace and waits up to `timeout` until they are gone.
 async fn delete_namespaces(client: &Client, timeout: Duration) -> anyhow::Result<usize> {
     let api = Api::<Namespace>::all(client.clone());
-    let names = bench_namespaces(client).await?;
+    let names = bench_namespaces(client, NS_PREFIX).await?;
     for name in &names {
         let _ = api.delete(name, &DeleteParams::default()).await;
     }
     if !names.is_empty() {
-        wait_for(timeout, "the bench namespaces to be deleted", || async {
-            bench_namespaces(client)
-                .await
-                .ok()
-                .filter(|left| left.is_empty())
-                .map(|_| ())
-        })
+        common::wait_namespaces_gone(
+            client,
+            NS_PREFIX,
+            timeout,
+            "the bench namespaces to be deleted",
+        )
         .await?;
     }
     Ok(names.len())
@@ -449,40 +114,8 @@ async fn delete_namespaces(client: &Client, timeout: Duration) -> anyhow::Result
 /// `secret/data/bench/<ns>/*` and a Kubernetes auth role bound to the account.
 async fn create_tenant(client: &Client, vault: &VaultClient, n: usize) -> anyhow::Result<String> {
     let ns = ns_name(n);
-    let namespace: Namespace = serde_json::from_value(json!({
-        "metadata": {"name": ns, "labels": {LABEL: "true"}}
-    }))?;
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .with_context(|| format!("create namespace {ns}"))?;
-    let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "app"}}))?;
-    let account = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &account)
-        .await
-        .with_context(|| format!("create service account {ns}/app"))?;
-    let uid = account.uid().unwrap_or_default();
-    let role = format!("{ns}-app");
     let policy = format!("path \"secret/data/bench/{ns}/*\" {{ capabilities = [\"read\"] }}\n");
-    vaultrs::sys::policy::set(vault, &role, &policy)
-        .await
-        .with_context(|| format!("policy {role}"))?;
-    vaultrs::auth::kubernetes::role::create(
-        vault,
-        "kubernetes",
-        &role,
-        Some(
-            &mut vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest::builder()
-                .bound_service_account_names(vec!["app".to_string()])
-                .bound_service_account_namespaces(vec![ns.clone()])
-                .audience("vault")
-                .token_policies(vec![role.clone()])
-                .token_ttl("10m"),
-        ),
-    )
-    .await
-    .with_context(|| format!("kubernetes auth role {role} (is auth/kubernetes configured?)"))?;
-    Ok(uid)
+    common::create_tenant(client, vault, &ns, LABEL, &policy).await
 }
 
 fn kv_path(n: usize, i: usize) -> String {
@@ -507,9 +140,7 @@ fn manifest(n: usize, i: usize) -> serde_json::Value {
 }
 
 fn all_pairs() -> Vec<(usize, usize)> {
-    (0..NAMESPACES)
-        .flat_map(|n| (0..PER_NAMESPACE).map(move |i| (n, i)))
-        .collect()
+    common::all_pairs(NAMESPACES, PER_NAMESPACE)
 }
 
 async fn cleanup_vault(vault: &VaultClient) {
@@ -520,9 +151,7 @@ async fn cleanup_vault(vault: &VaultClient) {
         .await;
     stream::iter(0..NAMESPACES)
         .for_each_concurrent(CONCURRENCY, |n| async move {
-            let role = format!("{}-app", ns_name(n));
-            let _ = vaultrs::auth::kubernetes::role::delete(vault, "kubernetes", &role).await;
-            let _ = vaultrs::sys::policy::delete(vault, &role).await;
+            common::delete_tenant_vault(vault, &ns_name(n)).await;
         })
         .await;
 }
@@ -725,14 +354,6 @@ async fn bench_logins(
     Ok((before, issued.len() - before))
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 // ---------------------------------------------------------------------------------------
 // Operator metrics of interest
 
@@ -882,22 +503,6 @@ impl Report {
     }
 }
 
-/// The `top` largest entries, then the rest as one sum.
-fn fmt_top(map: &BTreeMap<String, f64>, top: usize) -> String {
-    let mut items: Vec<(&String, &f64)> = map.iter().collect();
-    items.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
-    let mut parts: Vec<String> = items
-        .iter()
-        .take(top)
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
-    let rest: f64 = items.iter().skip(top).map(|(_, v)| **v).sum();
-    if rest > 0.0 {
-        parts.push(format!("other {rest}"));
-    }
-    parts.join(", ")
-}
-
 // ---------------------------------------------------------------------------------------
 /// VaultSecrets outside the bench namespaces: an all-namespaces operator reconciles
 /// them too, so its own metrics include their work.
@@ -926,21 +531,9 @@ async fn main() -> anyhow::Result<()> {
     // VAULTSYNC_BENCH_SCOPE=namespaces lists the bench namespaces in watchNamespaces
     // instead of watching all, so that tests running at the same time are left alone.
     let scoped = std::env::var("VAULTSYNC_BENCH_SCOPE").is_ok_and(|v| v == "namespaces");
-    env("KUBECONFIG")?;
-    let client = Client::try_default()
-        .await
-        .context("kube client from KUBECONFIG")?;
-    client
-        .apiserver_version()
-        .await
-        .context("the local kube-apiserver does not answer: run `make env-up`")?;
-    let vault = root_vault()?;
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load = load
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let client = common::kube_client(MAKE).await?;
+    let vault = common::root_vault(MAKE)?;
+    let load = common::load_average();
     eprintln!("bench: load average before the run: {load}");
 
     install_crds(&client).await?;

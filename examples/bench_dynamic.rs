@@ -30,23 +30,30 @@
 //! Run with `make bench-dynamic` (or `cargo build --release && cargo run --release
 //! --example bench_dynamic` after `source target/env/env.sh`).
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use common::{
+    Operator, OperatorConfig, Samples, bench_namespaces, delta, fmt_top, install_crds, percentile,
+    wait_for,
+};
 use futures::{StreamExt, TryStreamExt, stream};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::client::VaultClient;
 use vaultsync::api::VaultSecret;
 
+const MAKE: &str = "make bench-dynamic";
+const NS_PREFIX: &str = "benchdyn-";
 const NAMESPACES: usize = 10;
 const PER_NAMESPACE: usize = 20;
 const TOTAL: usize = NAMESPACES * PER_NAMESPACE;
@@ -65,12 +72,11 @@ const FIELD_MANAGER: &str = "vaultsync-bench-dynamic";
 const FINALIZER: &str = "vaultsync.dev/revoke-lease";
 
 fn ns_name(n: usize) -> String {
-    format!("benchdyn-{n}")
+    format!("{NS_PREFIX}{n}")
 }
 
 fn is_bench_namespace(name: &str) -> bool {
-    name.strip_prefix("benchdyn-")
-        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
+    common::is_numbered(name, NS_PREFIX)
 }
 
 fn cr_name(i: usize) -> String {
@@ -78,18 +84,7 @@ fn cr_name(i: usize) -> String {
 }
 
 fn env(name: &str) -> anyhow::Result<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty()).with_context(|| {
-        format!("{name} is not set: run `make env-up` and `source target/env/env.sh` (make bench-dynamic does both)")
-    })
-}
-
-fn root_vault() -> anyhow::Result<VaultClient> {
-    Ok(VaultClient::new(
-        VaultClientSettingsBuilder::default()
-            .address(env("VAULT_ADDR")?)
-            .token(env("VAULT_TOKEN")?)
-            .build()?,
-    )?)
+    common::env(name, MAKE)
 }
 
 /// A request to OpenBao as root, for what vaultrs has no call for.
@@ -123,107 +118,7 @@ async fn bao(
 }
 
 // ---------------------------------------------------------------------------------------
-// Prometheus text parsing
-
-#[derive(Clone, Default)]
-struct Samples(Vec<(String, BTreeMap<String, String>, f64)>);
-
-impl Samples {
-    fn parse(text: &str) -> Self {
-        let mut out = Vec::new();
-        for line in text.lines() {
-            if line.starts_with('#') || line.trim().is_empty() {
-                continue;
-            }
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(value) = value.trim().parse::<f64>() else {
-                continue;
-            };
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
-                None => (series, BTreeMap::new()),
-            };
-            out.push((name.to_string(), labels, value));
-        }
-        Samples(out)
-    }
-
-    fn sum(&self, name: &str, keep: impl Fn(&BTreeMap<String, String>) -> bool) -> f64 {
-        self.0
-            .iter()
-            .filter(|(n, l, v)| n == name && keep(l) && v.is_finite())
-            .map(|(_, _, v)| v)
-            .sum()
-    }
-
-    fn group(
-        &self,
-        name: &str,
-        keep: impl Fn(&BTreeMap<String, String>) -> bool,
-        key: impl Fn(&BTreeMap<String, String>) -> String,
-    ) -> BTreeMap<String, f64> {
-        let mut out = BTreeMap::new();
-        for (n, l, v) in &self.0 {
-            if n == name && keep(l) {
-                *out.entry(key(l)).or_insert(0.0) += v;
-            }
-        }
-        out
-    }
-}
-
-fn parse_labels(text: &str) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    let mut rest = text;
-    while let Some((key, after)) = rest.split_once("=\"") {
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = after.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, escaped)) = chars.next() {
-                        value.push(if escaped == 'n' { '\n' } else { escaped });
-                    }
-                }
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                other => value.push(other),
-            }
-        }
-        labels.insert(key.trim_start_matches(',').trim().to_string(), value);
-        rest = &after[end..];
-    }
-    labels
-}
-
-fn delta(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
-        .filter(|(_, v)| *v > 0.0)
-        .collect()
-}
-
-/// The `top` largest entries, then the rest as one sum.
-fn fmt_top(map: &BTreeMap<String, f64>, top: usize) -> String {
-    let mut items: Vec<(&String, &f64)> = map.iter().collect();
-    items.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
-    let mut parts: Vec<String> = items
-        .iter()
-        .take(top)
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
-    let rest: f64 = items.iter().skip(top).map(|(_, v)| **v).sum();
-    if rest > 0.0 {
-        parts.push(format!("other {rest}"));
-    }
-    parts.join(", ")
-}
+// Figures from Prometheus metrics
 
 /// The operator's counters of interest.
 #[derive(Clone, Copy, Default, Debug)]
@@ -248,7 +143,7 @@ impl OpFigures {
     fn from(s: &Samples) -> Self {
         let get = |l: &BTreeMap<String, String>, k: &str| l.get(k).cloned().unwrap_or_default();
         let req = |op: &str, ok: bool| {
-            s.sum("vaultsync_backend_requests_total", |l| {
+            s.sum_finite("vaultsync_backend_requests_total", |l| {
                 get(l, "backend") == "vault"
                     && get(l, "operation") == op
                     && (get(l, "outcome") == "ok") == ok
@@ -262,21 +157,21 @@ impl OpFigures {
             revoke_ok: req("revoke", true),
             revoke_err: req("revoke", false),
             token_renew: req("renew_token", true) + req("renew_token", false),
-            backend_requests: s.sum("vaultsync_backend_requests_total", |l| {
+            backend_requests: s.sum_finite("vaultsync_backend_requests_total", |l| {
                 get(l, "backend") == "vault"
             }),
-            logins: s.sum("vaultsync_vault_logins_total", |l| {
+            logins: s.sum_finite("vaultsync_vault_logins_total", |l| {
                 get(l, "outcome") == "ok"
             }),
-            logins_failed: s.sum("vaultsync_vault_logins_total", |l| {
+            logins_failed: s.sum_finite("vaultsync_vault_logins_total", |l| {
                 get(l, "outcome") != "ok"
             }),
-            synced: s.sum("vaultsync_syncs_total", |l| get(l, "result") == "Synced"),
-            failed: s.sum("vaultsync_syncs_total", |l| get(l, "result") != "Synced"),
-            data_writes: s.sum("vaultsync_secret_writes_total", |l| {
+            synced: s.sum_finite("vaultsync_syncs_total", |l| get(l, "result") == "Synced"),
+            failed: s.sum_finite("vaultsync_syncs_total", |l| get(l, "result") != "Synced"),
+            data_writes: s.sum_finite("vaultsync_secret_writes_total", |l| {
                 get(l, "part") == "data"
             }),
-            metadata_writes: s.sum("vaultsync_secret_writes_total", |l| {
+            metadata_writes: s.sum_finite("vaultsync_secret_writes_total", |l| {
                 get(l, "part") == "metadata"
             }),
         }
@@ -328,14 +223,14 @@ impl BaoFigures {
             .await
             .ok()?;
         let s = Samples::parse(&text);
-        let requests = s.sum("vault_core_handle_request_count", |_| true);
+        let requests = s.sum_finite("vault_core_handle_request_count", |_| true);
         (requests > 0.0).then(|| Self {
             requests,
-            logins: s.sum("vault_core_handle_login_request_count", |_| true),
-            creds_reads: s.sum("vault_route_read_database__count", |_| true),
-            lease_renewals: s.sum("vault_expire_renew_count", |_| true),
-            revocations: s.sum("vault_expire_revoke_count", |_| true),
-            lease_expirations: s.sum("vault_expire_lease_expiration", |_| true),
+            logins: s.sum_finite("vault_core_handle_login_request_count", |_| true),
+            creds_reads: s.sum_finite("vault_route_read_database__count", |_| true),
+            lease_renewals: s.sum_finite("vault_expire_renew_count", |_| true),
+            revocations: s.sum_finite("vault_expire_revoke_count", |_| true),
+            lease_expirations: s.sum_finite("vault_expire_lease_expiration", |_| true),
         })
     }
 
@@ -351,161 +246,20 @@ impl BaoFigures {
     }
 }
 
-const WRITE_VERBS: [&str; 6] = [
-    "POST",
-    "PUT",
-    "PATCH",
-    "DELETE",
-    "DELETECOLLECTION",
-    "APPLY",
-];
-
-/// Apiserver write requests so far (all clients), by "verb resource[/subresource]".
-async fn apiserver_writes(client: &Client) -> BTreeMap<String, f64> {
-    let Ok(request) = axum::http::Request::get("/metrics").body(Vec::new()) else {
-        return BTreeMap::new();
-    };
-    let Ok(text) = client.request_text(request).await else {
-        return BTreeMap::new();
-    };
-    Samples::parse(&text).group(
-        "apiserver_request_total",
-        |l| WRITE_VERBS.contains(&l.get("verb").map(String::as_str).unwrap_or_default()),
-        |l| {
-            let resource = l.get("resource").cloned().unwrap_or_default();
-            let sub = l.get("subresource").cloned().unwrap_or_default();
-            let verb = l.get("verb").cloned().unwrap_or_default();
-            if sub.is_empty() {
-                format!("{verb} {resource}")
-            } else {
-                format!("{verb} {resource}/{sub}")
-            }
-        },
-    )
-}
-
 // ---------------------------------------------------------------------------------------
 // The operator process
 
-struct Operator {
-    child: Child,
-    metrics_url: String,
-    ready_url: String,
-    log: PathBuf,
-}
-
-impl Operator {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    async fn metrics(&self) -> Samples {
-        match reqwest::get(&self.metrics_url).await {
-            Ok(response) => Samples::parse(&response.text().await.unwrap_or_default()),
-            Err(_) => Samples::default(),
-        }
-    }
-
-    fn cpu_seconds(&self) -> f64 {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())) else {
-            return 0.0;
-        };
-        let Some((_, rest)) = text.rsplit_once(')') else {
-            return 0.0;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / 100.0
-    }
-
-    /// SIGTERM to this process only, then SIGKILL after five seconds.
-    fn stop(&mut self) {
-        if !self.alive() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if !self.alive() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn operator_binary() -> anyhow::Result<PathBuf> {
-    // This example runs from <target>/release/examples/; the operator is
-    // <target>/release/vaultsync.
-    let exe = std::env::current_exe()?;
-    let candidates = [
-        exe.parent()
-            .and_then(|p| p.parent())
-            .map(|p| p.join("vaultsync")),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/vaultsync")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.is_file())
-        .context("target/release/vaultsync is missing: run `cargo build --release` first")
-}
-
 fn start_operator(dir: &std::path::Path) -> anyhow::Result<Operator> {
-    let port = free_port()?;
     let watch = (0..NAMESPACES).map(ns_name).collect::<Vec<_>>().join(", ");
-    let config = format!(
-        "metricsAddress: 127.0.0.1:{port}\n\
-         logFormat: text\n\
-         operatorNamespace: vaultsync-system\n\
-         watchNamespaces: [{watch}]\n\
-         defaults: {{ttl: 3h, refreshInterval: 1h, minRefreshInterval: 5s, concurrency: {OPERATOR_CONCURRENCY}}}\n\
-         vault:\n  default:\n    address: {addr}\n    kvVersions: {{}}\n",
-        addr = env("VAULT_ADDR")?,
-    );
-    let config_path = dir.join("config.yaml");
-    std::fs::write(&config_path, config)?;
-    let log = dir.join("operator.log");
-    let log_file = std::fs::File::create(&log)?;
-    let child = Command::new(operator_binary()?)
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env("VAULTSYNC_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .spawn()
-        .context("start target/release/vaultsync")?;
-    Ok(Operator {
-        child,
-        metrics_url: format!("http://127.0.0.1:{port}/metrics"),
-        ready_url: format!("http://127.0.0.1:{port}/readyz"),
-        log,
-    })
+    common::start_operator(
+        dir,
+        OperatorConfig {
+            watch_namespaces: &format!("[{watch}]"),
+            concurrency: OPERATOR_CONCURRENCY,
+            vault_addr: env("VAULT_ADDR")?,
+            log_level: "info".into(),
+        },
+    )
 }
 
 /// Other `vaultsync run` processes whose configuration watches every namespace: they
@@ -561,72 +315,6 @@ fn competing_operators(own: u32) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 // Setup and cleanup
 
-async fn install_crds(client: &Client) -> anyhow::Result<()> {
-    let api = Api::<CustomResourceDefinition>::all(client.clone());
-    let yaml = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/crds/vaultsync.dev.yaml"
-    ))?;
-    let mut names = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&yaml) {
-        let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc)?;
-        let name = crd.name_any();
-        // The same field manager as the tests and `make bench`.
-        api.patch(
-            &name,
-            &PatchParams::apply("vaultsync-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("apply CRD {name}"))?;
-        names.push(name);
-    }
-    for name in names {
-        wait_for(Duration::from_secs(30), &format!("CRD {name}"), || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let crd = api.get(&name).await.ok()?;
-                crd.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        })
-        .await?;
-    }
-    Ok(())
-}
-
-async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn bench_namespaces(client: &Client) -> anyhow::Result<Vec<String>> {
-    Ok(Api::<Namespace>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .map(|n| n.name_any())
-        .filter(|n| is_bench_namespace(n))
-        .collect())
-}
-
 /// The database role shared by every bench resource, with the statements of the
 /// environment's `database/roles/app`.
 async fn create_database_role() -> anyhow::Result<()> {
@@ -655,43 +343,12 @@ async fn create_database_role() -> anyhow::Result<()> {
 /// One tenant per namespace: the namespace, service account `app`, a policy for the
 /// credentials and their lease, and a Kubernetes auth role bound to the account.
 async fn create_tenant(client: &Client, vault: &VaultClient, n: usize) -> anyhow::Result<()> {
-    let ns = ns_name(n);
-    let namespace: Namespace = serde_json::from_value(json!({
-        "metadata": {"name": ns, "labels": {LABEL: "true"}}
-    }))?;
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .with_context(|| format!("create namespace {ns}"))?;
-    let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "app"}}))?;
-    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &account)
-        .await
-        .with_context(|| format!("create service account {ns}/app"))?;
-    let role = format!("{ns}-app");
     let policy = format!(
         "path \"database/creds/{DB_ROLE}\" {{ capabilities = [\"read\"] }}\n\
          path \"sys/leases/renew\" {{ capabilities = [\"update\"] }}\n\
          path \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n"
     );
-    vaultrs::sys::policy::set(vault, &role, &policy)
-        .await
-        .with_context(|| format!("policy {role}"))?;
-    vaultrs::auth::kubernetes::role::create(
-        vault,
-        "kubernetes",
-        &role,
-        Some(
-            &mut vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest::builder()
-                .bound_service_account_names(vec!["app".to_string()])
-                .bound_service_account_namespaces(vec![ns.clone()])
-                .audience("vault")
-                .token_policies(vec![role.clone()])
-                .token_ttl("10m"),
-        ),
-    )
-    .await
-    .with_context(|| format!("kubernetes auth role {role} (is auth/kubernetes configured?)"))?;
+    common::create_tenant(client, vault, &ns_name(n), LABEL, &policy).await?;
     Ok(())
 }
 
@@ -712,9 +369,7 @@ fn manifest(n: usize, i: usize) -> serde_json::Value {
 }
 
 fn all_pairs() -> Vec<(usize, usize)> {
-    (0..NAMESPACES)
-        .flat_map(|n| (0..PER_NAMESPACE).map(move |i| (n, i)))
-        .collect()
+    common::all_pairs(NAMESPACES, PER_NAMESPACE)
 }
 
 /// Live OpenBao leases of the bench role.
@@ -752,7 +407,7 @@ async fn teardown(client: &Client, vault: &VaultClient) -> anyhow::Result<usize>
         None,
     )
     .await;
-    let names = bench_namespaces(client).await?;
+    let names = bench_namespaces(client, NS_PREFIX).await?;
     for ns in &names {
         let api = Api::<VaultSecret>::namespaced(client.clone(), ns);
         if let Ok(list) = api.list_metadata(&ListParams::default()).await {
@@ -773,23 +428,16 @@ async fn teardown(client: &Client, vault: &VaultClient) -> anyhow::Result<usize>
             .await;
     }
     if !names.is_empty() {
-        wait_for(
+        common::wait_namespaces_gone(
+            client,
+            NS_PREFIX,
             Duration::from_secs(120),
             "the bench namespaces to go",
-            || async {
-                bench_namespaces(client)
-                    .await
-                    .ok()
-                    .filter(|left| left.is_empty())
-                    .map(|_| ())
-            },
         )
         .await?;
     }
     for n in 0..NAMESPACES {
-        let role = format!("{}-app", ns_name(n));
-        let _ = vaultrs::auth::kubernetes::role::delete(vault, "kubernetes", &role).await;
-        let _ = vaultrs::sys::policy::delete(vault, &role).await;
+        common::delete_tenant_vault(vault, &ns_name(n)).await;
     }
     let _ = bao(
         reqwest::Method::DELETE,
@@ -1244,7 +892,7 @@ async fn run(client: &Client, op: &mut Operator) -> anyhow::Result<Run> {
     // The window: sample every SAMPLE_EVERY for WINDOW.
     let before = cold;
     let bao_before = BaoFigures::read().await;
-    let api_before = apiserver_writes(client).await;
+    let api_before = common::apiserver_writes(client).await.unwrap_or_default();
     let cpu_before = op.cpu_seconds();
     let mut tally = Tally {
         min_pg_margin: f64::INFINITY,
@@ -1300,7 +948,7 @@ async fn run(client: &Client, op: &mut Operator) -> anyhow::Result<Run> {
     let window_secs = w0.elapsed().as_secs_f64();
     let at_window_end = OpFigures::from(&op.metrics().await);
     let bao_after = BaoFigures::read().await;
-    let api_after = apiserver_writes(client).await;
+    let api_after = common::apiserver_writes(client).await.unwrap_or_default();
     let cpu_window = op.cpu_seconds() - cpu_before;
     Ok(Run {
         ready_secs,
@@ -1374,14 +1022,6 @@ fn log_summary(path: &std::path::Path) -> (usize, usize, BTreeMap<String, f64>) 
     (warn_error, failed, reasons)
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 fn print_rows(rows: &[(String, String)]) {
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
@@ -1399,24 +1039,12 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-dynamic");
     std::fs::create_dir_all(&dir)?;
-    env("KUBECONFIG")?;
-    let client = Client::try_default()
-        .await
-        .context("kube client from KUBECONFIG")?;
-    client
-        .apiserver_version()
-        .await
-        .context("the local kube-apiserver does not answer: run `make env-up`")?;
-    let vault = root_vault()?;
+    let client = common::kube_client(MAKE).await?;
+    let vault = common::root_vault(MAKE)?;
     let pg = Pg::from_env()?;
     pg.query("SELECT 1;\n", &[])
         .context("PostgreSQL (DATABASE_URL) does not answer: run `make env-up`")?;
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load = load
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let load = common::load_average();
     eprintln!("bench-dynamic: load average before the run: {load}");
 
     install_crds(&client).await?;
