@@ -98,3 +98,81 @@ async fn one_leader_syncs_and_a_standby_takes_over_without_rewrites() {
     assert_no_leak(&client, &ns, &standby, &[&value_]).await;
     common::delete_namespace(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_leader_cleanly_and_hands_over_with_json_logs() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let ns = common::create_namespace(&client, "e2e-sigterm").await;
+    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let value_ = canary("sigterm");
+    vaultrs::kv2::set(
+        &root_vault(),
+        "secret",
+        &format!("{ns}/app"),
+        &json!({"password": value_}),
+    )
+    .await
+    .expect("seed");
+    let election = "logFormat: json\nleaderElection: {enabled: true, leaseName: e2e-sigterm, leaseDuration: 6s}\n";
+    let first = Operator::start(&ns, election).await;
+    let second = Operator::start(&ns, election).await;
+    apply(&client, &ns, &manifest("s0", &role, &ns)).await;
+    wait_secret(&client, &ns, "s0", "the copy", |_| true).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (a, b) = (first.metric(SYNCED).await, second.metric(SYNCED).await);
+    assert!(
+        (a > 0.0) != (b > 0.0),
+        "exactly one process syncs (first {a}, second {b})"
+    );
+    let (mut leader, standby) = if a > 0.0 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+
+    assert!(
+        leader.terminate(Duration::from_secs(10)),
+        "SIGTERM ends the leader with exit status 0"
+    );
+    // A clean shutdown releases the Lease rather than leaving it to expire.
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(client.clone(), &ns);
+    let lease = leases.get("e2e-sigterm").await.expect("the Lease exists");
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    let identity = leader
+        .logs()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "became the leader")
+        .and_then(|v| v["fields"]["identity"].as_str().map(str::to_string))
+        .expect("the leader logged its identity");
+    assert_ne!(
+        holder, identity,
+        "the Lease is released on SIGTERM, not left to expire"
+    );
+    common::wait_until(Duration::from_secs(15), "the standby to take over", || {
+        let standby = &standby;
+        async move { (standby.metric(SYNCED).await > 0.0).then_some(()) }
+    })
+    .await;
+
+    // Logs are JSON, one object per line.
+    for op in [&leader, &standby] {
+        let logs = op.logs();
+        let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(!lines.is_empty());
+        for line in lines {
+            let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+            assert!(
+                parsed.is_ok_and(|v| v.is_object()),
+                "a log line is not JSON: {line}"
+            );
+        }
+    }
+    assert_no_leak(&client, &ns, &standby, &[&value_]).await;
+    common::delete_namespace(&client, &ns).await;
+}
