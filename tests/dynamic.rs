@@ -208,7 +208,7 @@ async fn an_operator_restart_issues_nothing_and_restarts_nothing() {
     let (user, password) = creds(&after);
     pg_login(&user, &password).expect("still logs in");
     assert_no_leak(&client, &ns, &op, &[&password]).await;
-    common::delete_namespace(&client, &ns).await;
+    e2e::delete_resources_then_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -381,5 +381,5 @@ async fn a_short_tenant_token_does_not_revoke_the_credentials_in_use() {
     );
     let canaries: Vec<&str> = secrets.iter().map(String::as_str).collect();
     assert_no_leak(&client, &ns, &op, &canaries).await;
-    common::delete_namespace(&client, &ns).await;
+    e2e::delete_resources_then_namespace(&client, &ns).await;
 }

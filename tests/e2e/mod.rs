@@ -470,3 +470,33 @@ pub async fn restarted_at(api: &Api<Deployment>) -> Option<String> {
         .get("vaultsync.dev/restartedAt")
         .cloned()
 }
+
+/// Deletes the VaultSecrets of `ns` while their operator still runs, so finalizers that
+/// revoke leases are honoured before the namespace goes, then deletes the namespace.
+pub async fn delete_resources_then_namespace(client: &kube::Client, ns: &str) {
+    let ar = kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+        "vaultsync.dev",
+        "v1alpha1",
+        "VaultSecret",
+    ));
+    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let _ = api
+        .delete_collection(&Default::default(), &Default::default())
+        .await;
+    common::wait_until(
+        Duration::from_secs(30),
+        "the resources (and their leases) to go",
+        || {
+            let api = api.clone();
+            async move {
+                api.list(&Default::default())
+                    .await
+                    .ok()
+                    .filter(|l| l.items.is_empty())
+                    .map(|_| ())
+            }
+        },
+    )
+    .await;
+    common::delete_namespace(client, ns).await;
+}
