@@ -22,6 +22,23 @@ async fn setup(prefix: &str) -> (kube::Client, String) {
     (client, ns)
 }
 
+/// A fresh namespace with tenant `app` (role returned) and a KV v2 secret `{ns}/app`
+/// holding one canary password (returned).
+async fn seeded(prefix: &str, tag: &str) -> (kube::Client, String, String, String) {
+    let (client, ns) = setup(prefix).await;
+    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let value = canary(tag);
+    vaultrs::kv2::set(
+        &root_vault(),
+        "secret",
+        &format!("{ns}/app"),
+        &json!({"password": value}),
+    )
+    .await
+    .expect("seed");
+    (client, ns, role, value)
+}
+
 #[tokio::test]
 async fn kv_v2_keys_version_pin_and_template() {
     let (client, ns) = setup("e2e-kv2").await;
@@ -310,17 +327,7 @@ async fn rotation_restarts_workloads_and_refreshes_do_not_write() {
 
 #[tokio::test]
 async fn drift_is_repaired_and_deleting_the_resource_collects_the_copy() {
-    let (client, ns) = setup("e2e-drift").await;
-    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
-    let original = canary("drift");
-    vaultrs::kv2::set(
-        &root_vault(),
-        "secret",
-        &format!("{ns}/app"),
-        &json!({"password": original}),
-    )
-    .await
-    .expect("seed");
+    let (client, ns, role, original) = seeded("e2e-drift", "drift").await;
     let op = Operator::start(&ns, "").await;
     // A long refresh interval: repairs must come from the watch, not the schedule.
     apply(
@@ -394,17 +401,7 @@ async fn drift_is_repaired_and_deleting_the_resource_collects_the_copy() {
 
 #[tokio::test]
 async fn a_foreign_secret_is_a_conflict_and_stays_untouched() {
-    let (client, ns) = setup("e2e-conflict").await;
-    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
-    let value_ = canary("conflict");
-    vaultrs::kv2::set(
-        &root_vault(),
-        "secret",
-        &format!("{ns}/app"),
-        &json!({"password": value_}),
-    )
-    .await
-    .expect("seed");
+    let (client, ns, role, value_) = seeded("e2e-conflict", "conflict").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let foreign: Secret = serde_json::from_value(
         json!({"metadata": {"name": "taken"}, "stringData": {"mine": "keep"}}),
@@ -535,18 +532,8 @@ async fn tenants_cannot_read_each_others_paths() {
 
 #[tokio::test]
 async fn denial_keeps_the_copy_until_expiry_then_collects_and_restores() {
-    let (client, ns) = setup("e2e-denial").await;
-    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let (client, ns, role, value_) = seeded("e2e-denial", "denial").await;
     let root = root_vault();
-    let value_ = canary("denial");
-    vaultrs::kv2::set(
-        &root,
-        "secret",
-        &format!("{ns}/app"),
-        &json!({"password": value_}),
-    )
-    .await
-    .expect("seed");
     let op = Operator::start(&ns, "").await;
     apply(
         &client,
@@ -604,17 +591,7 @@ async fn denial_keeps_the_copy_until_expiry_then_collects_and_restores() {
 
 #[tokio::test]
 async fn one_login_per_identity_across_many_reconciles() {
-    let (client, ns) = setup("e2e-logins").await;
-    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
-    let value_ = canary("logins");
-    vaultrs::kv2::set(
-        &root_vault(),
-        "secret",
-        &format!("{ns}/app"),
-        &json!({"password": value_}),
-    )
-    .await
-    .expect("seed");
+    let (client, ns, role, value_) = seeded("e2e-logins", "logins").await;
     let op = Operator::start(&ns, "").await;
     for i in 0..5 {
         apply(
@@ -1047,18 +1024,7 @@ async fn check_prints_key_names_and_sizes_only() {
 
 #[tokio::test]
 async fn throttling_honours_retry_after_and_keeps_the_copy() {
-    let (client, ns) = setup("e2e-429").await;
-    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
-    let root = root_vault();
-    let value_ = canary("throttle");
-    vaultrs::kv2::set(
-        &root,
-        "secret",
-        &format!("{ns}/app"),
-        &json!({"password": value_}),
-    )
-    .await
-    .expect("seed");
+    let (client, ns, role, value_) = seeded("e2e-429", "throttle").await;
     let op = Operator::start(&ns, "").await;
     apply(
         &client,
