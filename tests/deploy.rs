@@ -1069,18 +1069,7 @@ async fn operator_runs_with_the_chart_rbac(scope: &str) {
         "the restart annotation on the Deployment",
         || {
             let deployments = deployments.clone();
-            async move {
-                deployments
-                    .get("api")
-                    .await
-                    .ok()?
-                    .spec?
-                    .template
-                    .metadata?
-                    .annotations?
-                    .get("vaultsync.dev/restartedAt")
-                    .cloned()
-            }
+            async move { e2e::restarted_at(&deployments).await }
         },
     )
     .await;

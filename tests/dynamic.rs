@@ -22,6 +22,25 @@ async fn dynamic_tenant(client: &kube::Client, ns: &str) -> String {
     role
 }
 
+/// A namespace with a dynamic tenant, a database role named after it with the given TTLs,
+/// and Deployment `api` to restart.
+async fn database_setup(
+    prefix: &str,
+    default_ttl: u64,
+    max_ttl: u64,
+) -> (
+    kube::Client,
+    String,
+    String,
+    kube::Api<k8s_openapi::api::apps::v1::Deployment>,
+) {
+    let (client, ns) = e2e::setup(prefix).await;
+    let role = dynamic_tenant(&client, &ns).await;
+    e2e::database_role(&ns, default_ttl, max_ttl).await;
+    let deployments = e2e::deployment(&client, &ns).await;
+    (client, ns, role, deployments)
+}
+
 fn database_secret(role: &str, ns: &str, extra: &str) -> String {
     format!(
         "apiVersion: vaultsync.dev/v1alpha1\nkind: VaultSecret\nmetadata: {{name: db}}\nspec:\n  vault:\n    auth: {{kubernetes: {{role: {role}, serviceAccountName: app}}}}\n    database: {{mount: database, role: {ns}}}\n{extra}"
@@ -37,12 +56,7 @@ fn creds(s: &k8s_openapi::api::core::v1::Secret) -> (String, String) {
 
 #[tokio::test]
 async fn database_credentials_are_renewed_reissued_before_max_ttl_and_revoked_with_the_resource() {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let ns = common::create_namespace(&client, "e2e-db").await;
-    let role = dynamic_tenant(&client, &ns).await;
-    e2e::database_role(&ns, 6, 20).await;
-    let deployments = e2e::deployment(&client, &ns).await;
+    let (client, ns, role, deployments) = database_setup("e2e-db", 6, 20).await;
     let op = Operator::start(&ns, "").await;
     apply(
         &client,
@@ -148,12 +162,7 @@ async fn database_credentials_are_renewed_reissued_before_max_ttl_and_revoked_wi
 
 #[tokio::test]
 async fn an_operator_restart_issues_nothing_and_restarts_nothing() {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let ns = common::create_namespace(&client, "e2e-db-restart").await;
-    let role = dynamic_tenant(&client, &ns).await;
-    e2e::database_role(&ns, 3600, 7200).await;
-    let deployments = e2e::deployment(&client, &ns).await;
+    let (client, ns, role, deployments) = database_setup("e2e-db-restart", 3600, 7200).await;
     let op = Operator::start(&ns, "").await;
     apply(
         &client,
@@ -213,9 +222,7 @@ async fn an_operator_restart_issues_nothing_and_restarts_nothing() {
 
 #[tokio::test]
 async fn pki_certificates_are_valid_match_their_key_and_rotate_before_expiry() {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let ns = common::create_namespace(&client, "e2e-pki").await;
+    let (client, ns) = e2e::setup("e2e-pki").await;
     let role = dynamic_tenant(&client, &ns).await;
     let op = Operator::start(&ns, "").await;
     apply(
@@ -319,9 +326,7 @@ async fn pki_certificates_are_valid_match_their_key_and_rotate_before_expiry() {
 
 #[tokio::test]
 async fn a_short_tenant_token_does_not_revoke_the_credentials_in_use() {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let ns = common::create_namespace(&client, "e2e-db-token").await;
+    let (client, ns) = e2e::setup("e2e-db-token").await;
     let role = dynamic_tenant(&client, &ns).await;
     // The tenant's Vault token lives 10 s (14 s at most); the database lease would live 1 h.
     vaultrs::auth::kubernetes::role::create(

@@ -7,8 +7,7 @@ mod e2e;
 
 use std::time::{Duration, Instant};
 
-use e2e::{Operator, apply, assert_no_leak, canary, root_vault, tenant, value, wait_secret};
-use serde_json::json;
+use e2e::{Operator, apply, assert_no_leak, value, wait_secret};
 
 const SYNCED: &str = "vaultsync_syncs_total{kind=\"VaultSecret\",result=\"Synced\"}";
 const DATA_WRITES: &str = "vaultsync_secret_writes_total{part=\"data\"}";
@@ -21,19 +20,7 @@ fn manifest(name: &str, role: &str, ns: &str) -> String {
 
 #[tokio::test]
 async fn one_leader_syncs_and_a_standby_takes_over_without_rewrites() {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let ns = common::create_namespace(&client, "e2e-leader").await;
-    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
-    let value_ = canary("leader");
-    vaultrs::kv2::set(
-        &root_vault(),
-        "secret",
-        &format!("{ns}/app"),
-        &json!({"password": value_}),
-    )
-    .await
-    .expect("seed");
+    let (client, ns, role, value_) = e2e::seeded("e2e-leader", "leader").await;
 
     let election = "leaderElection: {enabled: true, leaseName: e2e-leader, leaseDuration: 6s}\n";
     let first = Operator::start(&ns, election).await;
@@ -101,19 +88,7 @@ async fn one_leader_syncs_and_a_standby_takes_over_without_rewrites() {
 
 #[tokio::test]
 async fn sigterm_stops_the_leader_cleanly_and_hands_over_with_json_logs() {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let ns = common::create_namespace(&client, "e2e-sigterm").await;
-    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
-    let value_ = canary("sigterm");
-    vaultrs::kv2::set(
-        &root_vault(),
-        "secret",
-        &format!("{ns}/app"),
-        &json!({"password": value_}),
-    )
-    .await
-    .expect("seed");
+    let (client, ns, role, value_) = e2e::seeded("e2e-sigterm", "sigterm").await;
     let election = "logFormat: json\nleaderElection: {enabled: true, leaseName: e2e-sigterm, leaseDuration: 6s}\n";
     let first = Operator::start(&ns, election).await;
     let second = Operator::start(&ns, election).await;

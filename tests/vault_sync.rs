@@ -8,36 +8,12 @@ mod e2e;
 use std::time::Duration;
 
 use e2e::{
-    Operator, apply, assert_no_leak, canary, root_vault, secret, tenant, value, vault_secret,
-    wait_ready, wait_secret,
+    Operator, apply, assert_no_leak, canary, root_vault, secret, seeded, setup, tenant, value,
+    vault_secret, wait_ready, wait_secret,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-
-async fn setup(prefix: &str) -> (kube::Client, String) {
-    let client = common::client().await;
-    common::install_crds(&client).await;
-    let ns = common::create_namespace(&client, prefix).await;
-    (client, ns)
-}
-
-/// A fresh namespace with tenant `app` (role returned) and a KV v2 secret `{ns}/app`
-/// holding one canary password (returned).
-async fn seeded(prefix: &str, tag: &str) -> (kube::Client, String, String, String) {
-    let (client, ns) = setup(prefix).await;
-    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
-    let value = canary(tag);
-    vaultrs::kv2::set(
-        &root_vault(),
-        "secret",
-        &format!("{ns}/app"),
-        &json!({"password": value}),
-    )
-    .await
-    .expect("seed");
-    (client, ns, role, value)
-}
 
 #[tokio::test]
 async fn kv_v2_keys_version_pin_and_template() {
@@ -268,13 +244,8 @@ async fn rotation_restarts_workloads_and_refreshes_do_not_write() {
         meta_writes <= 3.0,
         "the expiry mark moved {meta_writes} times in 8 s with a 8 s ttl"
     );
-    let restarted = deployments.get("api").await.expect("deployment");
     assert!(
-        restarted
-            .spec
-            .and_then(|s| s.template.metadata)
-            .and_then(|m| m.annotations)
-            .is_none_or(|a| !a.contains_key("vaultsync.dev/restartedAt")),
+        e2e::restarted_at(&deployments).await.is_none(),
         "a plain refresh restarts nothing"
     );
 
@@ -291,15 +262,7 @@ async fn rotation_restarts_workloads_and_refreshes_do_not_write() {
         "the restart annotation on the Deployment",
         || {
             let deployments = deployments.clone();
-            async move {
-                let d = deployments.get("api").await.ok()?;
-                d.spec?
-                    .template
-                    .metadata?
-                    .annotations?
-                    .get("vaultsync.dev/restartedAt")
-                    .cloned()
-            }
+            async move { e2e::restarted_at(&deployments).await }
         },
     )
     .await;

@@ -26,9 +26,6 @@ impl SecretValue {
     pub fn expose(&self) -> &[u8] {
         &self.0
     }
-    pub fn into_bytes(self) -> Vec<u8> {
-        self.0
-    }
     pub fn len(&self) -> usize {
         self.0.len()
     }

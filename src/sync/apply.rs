@@ -47,7 +47,6 @@ pub struct Outcome {
     pub data_hmac: String,
     /// The data differed from what the Secret held before (or it did not exist).
     pub data_changed: bool,
-    pub created: bool,
 }
 
 /// Whether `secret` is controlled by `obj` (a controller ownerReference with its uid).
@@ -281,7 +280,6 @@ pub async fn apply<K: SyncedResource>(
         next_refresh: next,
         data_hmac: data_hmac(&ctx.hmac_key, &desired.type_, &desired.data),
         data_changed,
-        created,
     })
 }
 

@@ -500,3 +500,28 @@ pub async fn delete_resources_then_namespace(client: &kube::Client, ns: &str) {
     .await;
     common::delete_namespace(client, ns).await;
 }
+
+/// A client with the CRDs installed and a fresh namespace.
+pub async fn setup(prefix: &str) -> (kube::Client, String) {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let ns = common::create_namespace(&client, prefix).await;
+    (client, ns)
+}
+
+/// A fresh namespace with tenant `app` (role returned) and a KV v2 secret `{ns}/app`
+/// holding one canary password (returned).
+pub async fn seeded(prefix: &str, tag: &str) -> (kube::Client, String, String, String) {
+    let (client, ns) = setup(prefix).await;
+    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let value = canary(tag);
+    vaultrs::kv2::set(
+        &root_vault(),
+        "secret",
+        &format!("{ns}/app"),
+        &json!({"password": value}),
+    )
+    .await
+    .expect("seed");
+    (client, ns, role, value)
+}

@@ -169,8 +169,10 @@ find_jar() {
   fi
   if [[ ! -s $jar ]]; then
     mkdir -p "$JAR_CACHE"
-    command -v mvn >/dev/null ||
-      die $COMP "mvn is missing (needed to fetch $LOWKEY_ARTIFACT): apt-get install maven, or put the jar at $jar"
+    if ! command -v mvn >/dev/null; then
+      log "   mvn is missing, so $LOWKEY_ARTIFACT cannot be fetched (apt-get install maven, or put the jar at $jar)"
+      return 1
+    fi
     log "   downloading $LOWKEY_ARTIFACT from Maven Central"
     if ! (cd "$JAR_CACHE" && mvn -B -U -q -Dstyle.color=never org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy \
       -Dartifact="$LOWKEY_ARTIFACT" -DoutputDirectory="$JAR_CACHE") >"$JAR_CACHE/mvn.log" 2>&1 || [[ ! -s $jar ]]; then
@@ -247,23 +249,20 @@ up() {
   if ! jar=$(find_jar); then
     local why="Lowkey Vault is unavailable: $LOWKEY_ARTIFACT is not on Maven Central (place the jar at $JAR_CACHE/lowkey-vault-app-$LOWKEY_VERSION.jar or set LOWKEY_JAR to enable it)"
     log "   $why"
-    cat >"$ENV_DIR/lowkey.env.tmp" <<EOF
-export LOWKEY_UNAVAILABLE="$why"
-export LOWKEY_CA_FILE=$STATE/ca.pem
-export LOWKEY_CLIENTS_FILE=$CLIENTS_FILE
-export AZURE_AUTHORITY_HOST=$TOKEN_URL
-export AZURE_TENANT_ID=$TENANT
-export AZURE_CLIENT_ID=$CLIENT_ID
-export AZURE_CLIENT_SECRET=$CLIENT_SECRET
-EOF
-    mv "$ENV_DIR/lowkey.env.tmp" "$ENV_DIR/lowkey.env"
+    write_env "export LOWKEY_UNAVAILABLE=\"$why\""
     return 0
   fi
   start_lowkey "$java" "$jar"
   lowkey_vault_ok ||
     die $COMP "Lowkey Vault has no vault at $LOWKEY_URL (GET /secrets answered: $(head -c 300 "$STATE/vault-check.json" 2>/dev/null)); see $STATE/lowkey.log"
+  write_env "export LOWKEY_URL=$LOWKEY_URL"
+}
+
+# write_env FIRST_LINE: lowkey.env with FIRST_LINE (the vault URL, or why there is none)
+# and the token endpoint's settings, which exist either way.
+write_env() {
   cat >"$ENV_DIR/lowkey.env.tmp" <<EOF
-export LOWKEY_URL=$LOWKEY_URL
+$1
 export LOWKEY_CA_FILE=$STATE/ca.pem
 export LOWKEY_CLIENTS_FILE=$CLIENTS_FILE
 export AZURE_AUTHORITY_HOST=$TOKEN_URL
