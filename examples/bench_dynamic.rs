@@ -4,10 +4,12 @@
 //! Scenario: 200 VaultSecrets with a `database` source over 10 namespaces
 //! (`benchdyn-0` .. `benchdyn-9`, 20 each), each namespace its own tenant (service
 //! account `app`, a Kubernetes auth role, a policy reading `database/creds/benchdyn` and
-//! updating `sys/leases/renew` and `sys/leases/revoke`). They share one OpenBao database
-//! role `benchdyn` with the statements of the environment's `database/roles/app`,
-//! `default_ttl` 60 s and `max_ttl` 180 s, so every lease is renewed at 67% (about every
-//! 40 s) and re-issued as the 180 s maximum comes near, several times in five minutes.
+//! updating `sys/leases/renew/database/creds/benchdyn/*` and
+//! `sys/leases/revoke/database/creds/benchdyn/*`, path-scoped to the role's leases).
+//! They share one OpenBao database role `benchdyn` with the statements of the
+//! environment's `database/roles/app`, `default_ttl` 60 s and `max_ttl` 180 s, so every
+//! lease is renewed at 67% (about every 40 s) and re-issued as the 180 s maximum comes
+//! near, several times in five minutes.
 //!
 //! 1. The operator starts (watching only the bench namespaces), the CRs are applied, and
 //!    the bench waits until all are Ready=True.
@@ -345,8 +347,8 @@ async fn create_database_role() -> anyhow::Result<()> {
 async fn create_tenant(client: &Client, vault: &VaultClient, n: usize) -> anyhow::Result<()> {
     let policy = format!(
         "path \"database/creds/{DB_ROLE}\" {{ capabilities = [\"read\"] }}\n\
-         path \"sys/leases/renew\" {{ capabilities = [\"update\"] }}\n\
-         path \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n"
+         path \"sys/leases/renew/database/creds/{DB_ROLE}/*\" {{ capabilities = [\"update\"] }}\n\
+         path \"sys/leases/revoke/database/creds/{DB_ROLE}/*\" {{ capabilities = [\"update\"] }}\n"
     );
     common::create_tenant(client, vault, &ns_name(n), LABEL, &policy).await?;
     Ok(())

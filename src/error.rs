@@ -60,6 +60,25 @@ impl Error {
         }
     }
 
+    /// The same error with its message rewritten, for context a caller adds.
+    pub fn with_context(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            Error::InvalidSpec(m) => Error::InvalidSpec(f(m)),
+            Error::InvalidData(m) => Error::InvalidData(f(m)),
+            Error::Conflict(m) => Error::Conflict(f(m)),
+            Error::NotFound(m) => Error::NotFound(f(m)),
+            Error::AuthFailed(m) => Error::AuthFailed(f(m)),
+            Error::BackendUnavailable {
+                message,
+                retry_after,
+            } => Error::BackendUnavailable {
+                message: f(message),
+                retry_after,
+            },
+            Error::Kube(e) => Error::Kube(e),
+        }
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Error::BackendUnavailable {
             message: message.into(),

@@ -10,7 +10,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 
-use crate::sync::apply::MANAGER;
+use crate::ownership::MANAGER;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventType {

@@ -1,6 +1,11 @@
 //! The expiry collector: deletes managed Secrets whose `vaultsync.dev/expires-at` mark
 //! has passed, so a copy outlives its source's reachability by at most its ttl.
+//!
+//! A label and an annotation are anyone's to set, so they are not enough: a Secret is
+//! collected only when its controller ownerReference names a vaultsync resource that the
+//! operator sees (by uid), and the delete carries the Secret's uid and resourceVersion.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +15,9 @@ use kube::api::{Api, DeleteParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Store;
 
-use crate::controller::Context;
+use crate::context::Context;
 use crate::events::EventType;
-use crate::sync::apply::EXPIRES_AT;
+use crate::ownership::EXPIRES_AT;
 
 /// How often the collector looks at the managed Secrets (from the watch cache; no
 /// apiserver request unless something expired).
@@ -23,17 +28,38 @@ const INTERVAL: Duration = Duration::from_secs(2);
 pub struct Expired {
     pub namespace: String,
     pub name: String,
+    pub uid: Option<String>,
     pub resource_version: Option<String>,
     pub owner: Option<ObjectReference>,
 }
 
-/// Pure: the Secrets among `secrets` whose mark is at or before `now`.
+/// The uids of the vaultsync resources the operator sees, read when the collector runs.
+pub type Owners = Box<dyn Fn() -> HashSet<String> + Send + Sync>;
+
+/// The controller ownerReference of `secret`, if it is one of `owners`.
+fn vaultsync_owner<'a>(
+    secret: &'a PartialObjectMeta<Secret>,
+    owners: &HashSet<String>,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+        .filter(|r| r.api_version.starts_with("vaultsync.dev/") && owners.contains(&r.uid))
+}
+
+/// Pure: the Secrets among `secrets` whose mark is at or before `now` and that a
+/// vaultsync resource among `owners` controls.
 pub fn expired<'a>(
     secrets: impl IntoIterator<Item = &'a PartialObjectMeta<Secret>>,
+    owners: &HashSet<String>,
     now: Timestamp,
 ) -> Vec<Expired> {
     secrets
         .into_iter()
+        .filter(|s| vaultsync_owner(s, owners).is_some())
         .filter(|s| {
             s.metadata
                 .annotations
@@ -44,13 +70,7 @@ pub fn expired<'a>(
         })
         .map(|s| {
             let namespace = s.metadata.namespace.clone().unwrap_or_default();
-            let owner = s
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .find(|r| r.controller == Some(true))
-                .map(|r| ObjectReference {
+            let owner = vaultsync_owner(s, owners).map(|r| ObjectReference {
                     api_version: Some(r.api_version.clone()),
                     kind: Some(r.kind.clone()),
                     name: Some(r.name.clone()),
@@ -61,6 +81,7 @@ pub fn expired<'a>(
             Expired {
                 namespace,
                 name: s.metadata.name.clone().unwrap_or_default(),
+                uid: s.metadata.uid.clone(),
                 resource_version: s.metadata.resource_version.clone(),
                 owner,
             }
@@ -68,7 +89,11 @@ pub fn expired<'a>(
         .collect()
 }
 
-pub async fn run_collector(ctx: Arc<Context>, stores: Vec<Store<PartialObjectMeta<Secret>>>) {
+pub async fn run_collector(
+    ctx: Arc<Context>,
+    stores: Vec<Store<PartialObjectMeta<Secret>>>,
+    owners: Vec<Owners>,
+) {
     let mut tick = tokio::time::interval(INTERVAL);
     loop {
         tick.tick().await;
@@ -76,7 +101,8 @@ pub async fn run_collector(ctx: Arc<Context>, stores: Vec<Store<PartialObjectMet
         let all: Vec<Arc<PartialObjectMeta<Secret>>> =
             stores.iter().flat_map(|s| s.state()).collect();
         ctx.metrics.managed_secrets.set(all.len() as i64);
-        for gone in expired(all.iter().map(|s| s.as_ref()), now) {
+        let known: HashSet<String> = owners.iter().flat_map(|o| o()).collect();
+        for gone in expired(all.iter().map(|s| s.as_ref()), &known, now) {
             delete(&ctx, gone).await;
         }
     }
@@ -84,10 +110,11 @@ pub async fn run_collector(ctx: Arc<Context>, stores: Vec<Store<PartialObjectMet
 
 async fn delete(ctx: &Context, gone: Expired) {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &gone.namespace);
-    // The precondition makes a refresh that just moved the mark win over the delete.
+    // The preconditions make a refresh that just moved the mark win over the delete, and
+    // keep a Secret recreated under the same name by someone else out of reach.
     let params = DeleteParams {
         preconditions: Some(Preconditions {
-            uid: None,
+            uid: gone.uid.clone(),
             resource_version: gone.resource_version.clone(),
         }),
         ..DeleteParams::default()
@@ -116,28 +143,45 @@ async fn delete(ctx: &Context, gone: Expired) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
-    fn meta(name: &str, mark: Option<&str>) -> PartialObjectMeta<Secret> {
+    fn meta(name: &str, mark: Option<&str>, owner: Option<(&str, &str, bool)>) -> PartialObjectMeta<Secret> {
         let mut m = PartialObjectMeta::<Secret>::default();
         m.metadata.name = Some(name.into());
         m.metadata.namespace = Some("ns".into());
         if let Some(mark) = mark {
             m.metadata.annotations = Some([(EXPIRES_AT.to_string(), mark.to_string())].into());
         }
+        m.metadata.owner_references = owner.map(|(api_version, uid, controller)| {
+            vec![OwnerReference {
+                api_version: api_version.into(),
+                kind: "VaultSecret".into(),
+                name: "owner".into(),
+                uid: uid.into(),
+                controller: Some(controller),
+                block_owner_deletion: None,
+            }]
+        });
         m
     }
 
     #[test]
-    fn only_passed_marks_expire() {
+    fn only_passed_marks_of_secrets_a_known_resource_controls_expire() {
         let now: Timestamp = "2026-01-01T12:00:00Z".parse().expect("ts");
+        let ours = Some(("vaultsync.dev/v1alpha1", "uid-1", true));
         let secrets = [
-            meta("past", Some("2026-01-01T11:59:59Z")),
-            meta("now", Some("2026-01-01T12:00:00Z")),
-            meta("future", Some("2026-01-01T12:00:01Z")),
-            meta("unmarked", None),
-            meta("garbled", Some("tomorrow")),
+            meta("past", Some("2026-01-01T11:59:59Z"), ours),
+            meta("now", Some("2026-01-01T12:00:00Z"), ours),
+            meta("future", Some("2026-01-01T12:00:01Z"), ours),
+            meta("unmarked", None, ours),
+            meta("garbled", Some("tomorrow"), ours),
+            meta("no-owner", Some("2026-01-01T11:00:00Z"), None),
+            meta("configmap-owned", Some("2026-01-01T11:00:00Z"), Some(("v1", "uid-1", true))),
+            meta("unknown-uid", Some("2026-01-01T11:00:00Z"), Some(("vaultsync.dev/v1alpha1", "uid-2", true))),
+            meta("not-controller", Some("2026-01-01T11:00:00Z"), Some(("vaultsync.dev/v1alpha1", "uid-1", false))),
         ];
-        let names: Vec<String> = expired(secrets.iter(), now)
+        let owners = HashSet::from(["uid-1".to_string()]);
+        let names: Vec<String> = expired(secrets.iter(), &owners, now)
             .into_iter()
             .map(|e| e.name)
             .collect();

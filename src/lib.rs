@@ -3,12 +3,17 @@
 
 pub mod api;
 pub mod backend;
+pub mod check;
 pub mod config;
+pub mod context;
 pub mod controller;
 pub mod error;
 pub mod events;
 pub mod expiry;
+pub mod failpoint;
 pub mod http;
+pub mod leader;
 pub mod metrics;
+pub mod ownership;
 pub mod sync;
 pub mod telemetry;

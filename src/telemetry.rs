@@ -5,10 +5,13 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 /// Libraries that handle request bodies and tokens. They are capped at `info` whatever
-/// level is asked for, so no secret can reach a log line through their debug output.
-const CAPPED: [&str; 10] = [
-    "vaultrs",
-    "rustify",
+/// level is asked for, so no secret can reach a log line through their debug output
+/// (kube-client logs whole response bodies, a Secret's included, when one does not
+/// deserialize).
+const CAPPED: [&str; 11] = [
+    "kube",
+    "kube_client",
+    "tower_http",
     "reqwest",
     "hyper",
     "hyper_util",

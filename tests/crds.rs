@@ -311,7 +311,6 @@ async fn apiserver_refuses_malformed_and_accepts_examples() {
         }
     }
 
-    common::delete_namespace(&client, &ns).await;
     assert!(
         failures.is_empty(),
         "admission did not behave:\n{}",

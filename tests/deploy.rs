@@ -739,7 +739,10 @@ impl Drop for Cleanup {
     }
 }
 
-async fn namespace_with_restricted_pods(client: &kube::Client, prefix: &str) -> String {
+async fn namespace_with_restricted_pods(
+    client: &kube::Client,
+    prefix: &str,
+) -> common::NamespaceGuard {
     let ns = common::create_namespace(client, prefix).await;
     run(
         kubectl().args(["label", "namespace", &ns]).args([

@@ -90,7 +90,6 @@ async fn namespace_and_secret_are_created_through_kube() {
         },
     )
     .await;
-    common::delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -132,7 +131,6 @@ async fn garbage_collector_deletes_owned_secret() {
         },
     )
     .await;
-    common::delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -189,7 +187,6 @@ async fn openbao_kubernetes_auth_logs_in_with_a_token_request_and_reads_kv() {
         "a service account outside the role's binding must not log in"
     );
     assert!(tenant.settings().token.len() > 10);
-    common::delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -229,113 +228,38 @@ pub async fn apiserver_writes(client: &Client) -> anyhow::Result<BTreeMap<String
 }
 
 // ---------------------------------------------------------------------------------------
-// The operator process
+// The operator process: the harness the end-to-end tests use too.
 
-const CLK_TCK: f64 = 100.0;
+#[path = "../../tests/e2e/operator.rs"]
+pub mod operator;
 
+pub use operator::ProcStats;
+use operator::{ConfigSpec, Launch, OperatorProcess};
+
+/// The operator under benchmark: the shared process harness, with metrics parsed into
+/// [`Samples`]. Dropping it stops the process (SIGTERM, SIGKILL after five seconds).
 pub struct Operator {
-    child: Child,
-    pub metrics_url: String,
-    pub ready_url: String,
-    pub log: PathBuf,
+    process: OperatorProcess,
 }
 
-#[derive(Clone, Copy, Default)]
-pub struct ProcStats {
-    pub cpu_seconds: f64,
-    pub hwm_kib: u64,
-    pub rss_kib: u64,
+impl std::ops::Deref for Operator {
+    type Target = OperatorProcess;
+    fn deref(&self) -> &OperatorProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Operator {
+    fn deref_mut(&mut self) -> &mut OperatorProcess {
+        &mut self.process
+    }
 }
 
 impl Operator {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// utime + stime from /proc/<pid>/stat, 0 when unreadable.
-    pub fn cpu_seconds(&self) -> f64 {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())) else {
-            return 0.0;
-        };
-        // Fields after the parenthesised command name; utime and stime are fields 14 and
-        // 15 of the whole line, so 12 and 13 after the name.
-        let Some((_, rest)) = text.rsplit_once(')') else {
-            return 0.0;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / CLK_TCK
-    }
-
-    pub fn stats(&self) -> ProcStats {
-        let mut stats = ProcStats {
-            cpu_seconds: self.cpu_seconds(),
-            ..ProcStats::default()
-        };
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{}/status", self.pid())) {
-            for line in text.lines() {
-                let kib = || {
-                    line.split_whitespace()
-                        .nth(1)
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0)
-                };
-                if line.starts_with("VmHWM:") {
-                    stats.hwm_kib = kib();
-                } else if line.starts_with("VmRSS:") {
-                    stats.rss_kib = kib();
-                }
-            }
-        }
-        stats
-    }
-
+    /// The operator's metrics; empty when the endpoint does not answer.
     pub async fn metrics(&self) -> Samples {
-        match reqwest::get(&self.metrics_url).await {
-            Ok(response) => Samples::parse(&response.text().await.unwrap_or_default()),
-            Err(_) => Samples::default(),
-        }
+        Samples::parse(&self.process.metrics_text().await.unwrap_or_default())
     }
-
-    /// SIGTERM to this process only, then SIGKILL after five seconds.
-    pub fn stop(&mut self) {
-        if !self.alive() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if !self.alive() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn operator_binary() -> anyhow::Result<PathBuf> {
@@ -367,39 +291,38 @@ pub struct OperatorConfig<'a> {
 
 /// Starts the operator with its config and log in `dir`.
 pub fn start_operator(dir: &std::path::Path, cfg: OperatorConfig) -> anyhow::Result<Operator> {
-    let port = free_port()?;
     let OperatorConfig {
         watch_namespaces,
         concurrency,
         vault_addr,
         log_level,
     } = cfg;
-    let config = format!(
-        "metricsAddress: 127.0.0.1:{port}\n\
-         logFormat: text\n\
-         operatorNamespace: vaultsync-system\n\
-         watchNamespaces: {watch_namespaces}\n\
-         defaults: {{ttl: 3h, refreshInterval: 1h, minRefreshInterval: 5s, concurrency: {concurrency}}}\n\
-         vault:\n  default:\n    address: {vault_addr}\n    kvVersions: {{}}\n",
-    );
-    let config_path = dir.join("config.yaml");
-    std::fs::write(&config_path, config)?;
-    let log = dir.join("operator.log");
-    let log_file = std::fs::File::create(&log)?;
-    let child = Command::new(operator_binary()?)
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env("VAULTSYNC_LOG", log_level)
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .spawn()
-        .context("start target/release/vaultsync")?;
-    Ok(Operator {
-        child,
-        metrics_url: format!("http://127.0.0.1:{port}/metrics"),
-        ready_url: format!("http://127.0.0.1:{port}/readyz"),
-        log,
-    })
+    let config = ConfigSpec {
+        operator_namespace: "vaultsync-system".into(),
+        watch_namespaces: watch_namespaces.into(),
+        defaults: [
+            ("ttl", "3h".to_string()),
+            ("refreshInterval", "1h".to_string()),
+            ("minRefreshInterval", "5s".to_string()),
+            ("concurrency", concurrency.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+        vault_addr,
+        log_format: Some("text".into()),
+        extra: String::new(),
+    };
+    let launch = Launch {
+        binary: operator_binary()?,
+        dir: dir.to_path_buf(),
+        config,
+        log_level,
+        env: Vec::new(),
+        per_port_files: false,
+    };
+    let process = OperatorProcess::spawn(&launch).context("start target/release/vaultsync")?;
+    Ok(Operator { process })
 }
 
 // ---------------------------------------------------------------------------------------

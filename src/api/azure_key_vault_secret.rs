@@ -5,7 +5,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{SecretKeyRef, SecretTarget, SyncPolicy, SyncStatus};
+use super::common::{
+    DNS_SUBDOMAIN_MESSAGE, DNS_SUBDOMAIN_RULE, SecretKeyRef, SecretTarget, SyncPolicy, SyncStatus,
+};
 
 const NON_EMPTY: &str = "self != ''";
 
@@ -109,7 +111,7 @@ pub struct AzureAuth {
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadIdentityAuth {
     /// Service account in this namespace whose token is exchanged.
-    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("serviceAccountName must name a service account in this namespace"))]
+    #[x_kube(validation = kube::core::Rule::new(DNS_SUBDOMAIN_RULE).message(DNS_SUBDOMAIN_MESSAGE))]
     #[schemars(length(max = 253))]
     pub service_account_name: String,
     /// Application (client) ID of the Entra ID app or managed identity that trusts the

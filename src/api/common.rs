@@ -23,6 +23,42 @@ pub(crate) const DURATION_MESSAGE: &str =
 pub(crate) const DNS_SUBDOMAIN_RULE: &str = "size(self) <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
 pub(crate) const DNS_SUBDOMAIN_MESSAGE: &str = "must be a valid Kubernetes object name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters";
 
+/// CEL: every key of a map is a valid label or annotation key (an optional DNS-subdomain
+/// prefix and `/`, then a name of at most 63 characters).
+pub(crate) const METADATA_KEYS_RULE: &str = "self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))";
+pub(crate) const METADATA_KEYS_MESSAGE: &str = "keys must be valid Kubernetes label/annotation keys: an optional DNS prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit";
+/// CEL: every value of a map is a valid label value.
+pub(crate) const LABEL_VALUES_RULE: &str =
+    "self.all(k, self[k].matches('^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$'))";
+pub(crate) const LABEL_VALUES_MESSAGE: &str = "label values must be empty or at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit";
+/// CEL: a Secret data key.
+pub(crate) const SECRET_KEY_RULE: &str = "size(self) <= 253 && self.matches('^[-._a-zA-Z0-9]+$')";
+pub(crate) const SECRET_KEY_MESSAGE: &str =
+    "must be a valid Secret key: letters, digits, '-', '_' and '.', at most 253 characters";
+
+/// A map of strings with at most `properties` entries of at most `length` characters each.
+fn bounded_map(properties: u32, length: u32) -> impl Fn(&mut schemars::SchemaGenerator) -> schemars::Schema {
+    move |_| {
+        schemars::json_schema!({
+            "type": "object",
+            "maxProperties": properties,
+            "additionalProperties": {"type": "string", "maxLength": length},
+        })
+    }
+}
+
+fn labels_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    bounded_map(64, 63)(g)
+}
+
+fn annotations_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    bounded_map(64, 4096)(g)
+}
+
+fn templates_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    bounded_map(64, 8192)(g)
+}
+
 /// Where the synced copy is written. The Secret always lives in the namespace of the
 /// resource that declares it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -45,21 +81,29 @@ pub struct SecretTarget {
     #[schemars(length(max = 253))]
     pub type_: Option<String>,
 
-    /// Extra labels to put on the Secret. The label `app.kubernetes.io/managed-by` is
-    /// always set to `vaultsync`.
+    /// Extra labels to put on the Secret, at most 64. The label
+    /// `app.kubernetes.io/managed-by` is always set to `vaultsync`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "labels_schema")]
+    #[x_kube(validation = kube::core::Rule::new(METADATA_KEYS_RULE).message(METADATA_KEYS_MESSAGE))]
+    #[x_kube(validation = kube::core::Rule::new(LABEL_VALUES_RULE).message(LABEL_VALUES_MESSAGE))]
     pub labels: Option<BTreeMap<String, String>>,
 
-    /// Extra annotations to put on the Secret. Annotations under `vaultsync.dev/` are
-    /// reserved for the operator.
+    /// Extra annotations to put on the Secret, at most 64 of at most 4096 characters.
+    /// Annotations under `vaultsync.dev/` are reserved for the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "annotations_schema")]
+    #[x_kube(validation = kube::core::Rule::new(METADATA_KEYS_RULE).message(METADATA_KEYS_MESSAGE))]
+    #[x_kube(validation = kube::core::Rule::new("!self.exists(k, k.startsWith('vaultsync.dev/'))").message("annotations under vaultsync.dev/ are reserved for the operator"))]
     pub annotations: Option<BTreeMap<String, String>>,
 
-    /// Optional templates, one per output key. Each value is a sandboxed template over
+    /// Optional templates, one per output key (at most 64, each at most 8192 characters).
+    /// Each value is a sandboxed template over
     /// the fetched keys, for example `postgres://{{ username }}:{{ password }}@db:5432/app`.
     /// When set, only the templated keys are written. Templates cannot read files,
     /// environment variables, the network or cluster objects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "templates_schema")]
     #[x_kube(validation = kube::core::Rule::new("self.all(k, size(k) <= 253 && k.matches('^[-._a-zA-Z0-9]+$'))").message("template keys must be valid Secret keys: letters, digits, '-', '_' and '.', at most 253 characters"))]
     pub template: Option<BTreeMap<String, String>>,
 }
@@ -70,11 +114,11 @@ pub struct SecretTarget {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret, in the same namespace as this resource.
-    #[x_kube(validation = kube::core::Rule::new("self != ''").message("name the Secret that holds the value"))]
+    #[x_kube(validation = kube::core::Rule::new(DNS_SUBDOMAIN_RULE).message(DNS_SUBDOMAIN_MESSAGE))]
     #[schemars(length(max = 253))]
     pub name: String,
     /// Key within that Secret's data.
-    #[x_kube(validation = kube::core::Rule::new("self != ''").message("name the key within the Secret"))]
+    #[x_kube(validation = kube::core::Rule::new(SECRET_KEY_RULE).message(SECRET_KEY_MESSAGE))]
     #[schemars(length(max = 253))]
     pub key: String,
 }
@@ -120,6 +164,20 @@ pub struct LeaseStatus {
     pub expires_at: Option<Time>,
 }
 
+/// A lease issued to replace the current one and recorded before the Secret is written,
+/// so that a crash at any step leaves no lease the operator does not know of.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingLease {
+    /// The new lease.
+    #[serde(flatten)]
+    pub lease: LeaseStatus,
+    /// Keyed HMAC of the data issued under the new lease: when the Secret holds it, the
+    /// re-issue got as far as the write and is completed; otherwise the lease is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_hmac: Option<String>,
+}
+
 /// Observed state, written by the operator. It never contains a secret value.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -152,6 +210,10 @@ pub struct SyncStatus {
     /// Lease of a dynamic source (database credentials); absent for static sources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseStatus>,
+    /// A new lease being put in place of `lease`, while the Secret is rewritten. It is
+    /// present only for the moment of a re-issue, or after one was interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_lease: Option<PendingLease>,
     /// Keyed HMAC-SHA256 of the Secret's data, to tell whether content changed. The key is
     /// held by the operator, so this reveals nothing about the values.
     #[serde(default, skip_serializing_if = "Option::is_none")]

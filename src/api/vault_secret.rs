@@ -4,10 +4,19 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    DURATION_MESSAGE, DURATION_RULE, SecretKeyRef, SecretTarget, SyncPolicy, SyncStatus,
+    DNS_SUBDOMAIN_MESSAGE, DNS_SUBDOMAIN_RULE, DURATION_MESSAGE, DURATION_RULE, SecretKeyRef,
+    SecretTarget, SyncPolicy, SyncStatus,
 };
 
 const NON_EMPTY: &str = "self != ''";
+/// CEL: a Vault mount or role: `/`-separated segments of letters, digits, '.', '_' and
+/// '-', none of them '.' or '..'.
+const VAULT_NAME_RULE: &str = "self.matches('^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$') && !self.matches('(^|/)[.]{1,2}(/|$)')";
+const VAULT_NAME_MESSAGE: &str = "must be a Vault mount or role name: segments of letters, digits, '.', '_' and '-' separated by '/', none empty, '.' or '..'";
+/// CEL: a path within a KV mount, without the characters that would change the request.
+const VAULT_PATH_RULE: &str =
+    "self.matches('^[^/?#%]+(/[^/?#%]+)*$') && !self.matches('(^|/)[.]{1,2}(/|$)')";
+const VAULT_PATH_MESSAGE: &str = "must be a path within the mount, such as accounts/aws: no empty, '.' or '..' segments, no leading or trailing '/', and no '?', '#' or '%'";
 
 /// Syncs one Vault or OpenBao source (a KV secret, dynamic database credentials or a PKI
 /// certificate) into a short-lived Secret in this namespace. The copy is refreshed on
@@ -109,18 +118,18 @@ pub struct VaultAuth {
 #[serde(rename_all = "camelCase")]
 pub struct KubernetesAuth {
     /// Vault role to log in with, as configured on the Kubernetes auth mount.
-    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("role must name a Vault Kubernetes auth role"))]
+    #[x_kube(validation = kube::core::Rule::new(VAULT_NAME_RULE).message(VAULT_NAME_MESSAGE))]
     #[schemars(length(max = 253))]
     pub role: String,
     /// Service account in this namespace whose identity is used. Defaults to `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("serviceAccountName must not be empty: leave it out to use the default service account"))]
+    #[x_kube(validation = kube::core::Rule::new(DNS_SUBDOMAIN_RULE).message(DNS_SUBDOMAIN_MESSAGE))]
     #[schemars(length(max = 253))]
     pub service_account_name: Option<String>,
     /// Path of the Kubernetes auth mount. Defaults to the connection's setting, usually
     /// `kubernetes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("mount must not be empty: leave it out for the connection's default"))]
+    #[x_kube(validation = kube::core::Rule::new(VAULT_NAME_RULE).message(VAULT_NAME_MESSAGE))]
     #[schemars(length(max = 253))]
     pub mount: Option<String>,
 }
@@ -130,14 +139,14 @@ pub struct KubernetesAuth {
 #[serde(rename_all = "camelCase")]
 pub struct AppRoleAuth {
     /// The AppRole role-id (not secret by itself).
-    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("roleId must not be empty"))]
+    #[x_kube(validation = kube::core::Rule::new(VAULT_NAME_RULE).message(VAULT_NAME_MESSAGE))]
     #[schemars(length(max = 253))]
     pub role_id: String,
     /// The Secret key in this namespace holding the secret-id.
     pub secret_id_ref: SecretKeyRef,
     /// Path of the AppRole auth mount. Defaults to `approle`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("mount must not be empty: leave it out for approle"))]
+    #[x_kube(validation = kube::core::Rule::new(VAULT_NAME_RULE).message(VAULT_NAME_MESSAGE))]
     #[schemars(length(max = 253))]
     pub mount: Option<String>,
 }
@@ -156,11 +165,11 @@ pub struct TokenAuth {
 #[serde(rename_all = "camelCase")]
 pub struct KvSource {
     /// Path of the KV mount, such as `secret`.
-    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("mount must name a KV mount, such as secret"))]
+    #[x_kube(validation = kube::core::Rule::new(VAULT_NAME_RULE).message(VAULT_NAME_MESSAGE))]
     #[schemars(length(max = 253))]
     pub mount: String,
     /// Path of the secret within the mount, such as `accounts/aws`.
-    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("path must name a secret within the mount, such as accounts/aws"))]
+    #[x_kube(validation = kube::core::Rule::new(VAULT_PATH_RULE).message(VAULT_PATH_MESSAGE))]
     #[schemars(length(max = 1024))]
     pub path: String,
     /// KV v2 only: pin this version instead of following the latest.
@@ -179,11 +188,11 @@ pub struct KvSource {
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSource {
     /// Path of the database secrets engine mount, such as `database`.
-    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("mount must name a database secrets engine mount, such as database"))]
+    #[x_kube(validation = kube::core::Rule::new(VAULT_NAME_RULE).message(VAULT_NAME_MESSAGE))]
     #[schemars(length(max = 253))]
     pub mount: String,
     /// Role to issue credentials for (`{mount}/creds/{role}`).
-    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("role must name a database role"))]
+    #[x_kube(validation = kube::core::Rule::new(VAULT_NAME_RULE).message(VAULT_NAME_MESSAGE))]
     #[schemars(length(max = 253))]
     pub role: String,
 }
@@ -194,11 +203,11 @@ pub struct DatabaseSource {
 #[serde(rename_all = "camelCase")]
 pub struct PkiSource {
     /// Path of the PKI mount, such as `pki`.
-    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("mount must name a PKI mount, such as pki"))]
+    #[x_kube(validation = kube::core::Rule::new(VAULT_NAME_RULE).message(VAULT_NAME_MESSAGE))]
     #[schemars(length(max = 253))]
     pub mount: String,
     /// PKI role to issue with (`{mount}/issue/{role}`).
-    #[x_kube(validation = kube::core::Rule::new(NON_EMPTY).message("role must name a PKI role"))]
+    #[x_kube(validation = kube::core::Rule::new(VAULT_NAME_RULE).message(VAULT_NAME_MESSAGE))]
     #[schemars(length(max = 253))]
     pub role: String,
     /// Common name of the certificate.

@@ -1,14 +1,25 @@
-//! Backends: where secret material comes from. Each backend module reads its source as
-//! the tenant and returns [`Fetched`] material; everything after that is shared.
+//! Backends: where secret material comes from, behind one seam ([`Backend`]):
+//! `resolve` (pure: spec + operator config -> a typed request), `fetch` (IO: read or issue
+//! as the tenant) and `release` (IO: revoke a lease or certificate that was issued).
+//!
+//! The sync pipeline sees only the types of this module. Adding a backend is a module
+//! that implements [`Backend`] and `SyncedResource` for its kind, a field of the
+//! `Context`, and one line in the controller.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 
 use crate::error::{Error, Result};
+
+pub mod vault;
+
+mod rate_limit;
+pub use rate_limit::RateLimiter;
 
 /// Lifetime asked for the service-account tokens used to log in. They are used once,
 /// right away, so the minimum the apiserver accepts is plenty.
@@ -46,8 +57,8 @@ impl From<&str> for SecretValue {
     }
 }
 
-/// A lease on dynamic credentials, or the validity of an issued certificate (whose id
-/// is its serial and which is never renewable).
+/// A lease on issued material: dynamic credentials, or an issued certificate (whose id
+/// is its serial and which is never renewable). The id is the backend's own handle.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     pub id: String,
@@ -57,30 +68,73 @@ pub struct Lease {
     pub expires_at: jiff::Timestamp,
 }
 
-/// What a backend read: the key/value material and where it came from.
+/// What a fetch produced.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Material {
+    /// New material: read from a static source, or issued under a new lease.
+    Fresh(Fresh),
+    /// The material the managed Secret holds is still good: its lease was kept or
+    /// renewed. The operator does not keep material in memory, so there is no data here.
+    Unchanged { lease: Lease },
+}
+
+/// Material read or issued by a fetch.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Fetched {
+pub struct Fresh {
     pub data: BTreeMap<String, SecretValue>,
     /// Version of the source: KV version, Key Vault object version, lease or serial.
     pub version: String,
-    /// Lease of dynamic credentials.
+    /// The lease of issued material, to renew, and to release when it is replaced.
     pub lease: Option<Lease>,
     /// End of validity of the material itself (a certificate's notAfter), if it has one.
     pub not_after: Option<jiff::Timestamp>,
-    /// The material is still in the existing Secret (a lease kept or renewed): write
-    /// nothing new; `data` is empty.
-    pub keep_existing: bool,
-    /// A lease replaced by this fetch, to revoke once the new material is written.
-    pub replaces: Option<Replaced>,
 }
 
-/// Material that a re-issue replaced and that is revoked after the new copy is written.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Replaced {
-    Lease(String),
-    Certificate { mount: String, serial: String },
+/// What the operator knows of the copy before a fetch.
+#[derive(Clone, Copy, Debug)]
+pub struct Prior<'a> {
+    /// The lease the managed Secret's material is under, from status.
+    pub lease: Option<&'a Lease>,
+    /// The managed Secret exists and holds exactly the data status records (its keyed
+    /// HMAC matches): a lease may then be kept. A tampered or deleted copy is re-issued.
+    pub copy_intact: bool,
+    /// Renew or re-issue at this share of a lease's lifetime.
+    pub renewal_percent: u8,
 }
-pub mod vault;
+
+/// One backend: how a source spec is resolved, fetched and released.
+pub trait Backend: Send + Sync + 'static {
+    /// The source part of the resource's spec.
+    type Source: Send + Sync;
+    /// A validated, typed request: source, identity and connection.
+    type Request: Send + Sync;
+
+    /// Pure: the spec and the operator config become a request, or a clear `InvalidSpec`.
+    fn resolve(&self, namespace: &str, source: &Self::Source) -> Result<Self::Request>;
+
+    /// Whether fetching issues material (credentials, certificates) rather than reading it.
+    fn issues(request: &Self::Request) -> bool;
+
+    /// Whether what this request issues must be released when the resource goes, so the
+    /// resource needs a finalizer.
+    fn needs_finalizer(request: &Self::Request) -> bool;
+
+    /// Reads or issues the material as the tenant, keeping a prior lease where it can.
+    fn fetch(
+        &self,
+        request: &Self::Request,
+        prior: Prior<'_>,
+    ) -> impl Future<Output = Result<Material>> + Send;
+
+    /// Releases a lease recorded in status (revokes credentials, or a certificate when
+    /// the request asks for that). A lease that is not this resource's to release is left
+    /// alone and reported as `Ok`.
+    fn release(
+        &self,
+        request: &Self::Request,
+        lease: &Lease,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
 
 /// A short-lived, audience-bound token for a service account of the resource's namespace:
 /// the tenant identity every backend logs in with.
@@ -121,34 +175,6 @@ pub async fn service_account_token(
         })
 }
 
-/// A client-side rate limit: requests are spaced evenly at `per_second`, each waiting
-/// for its own slot, so a burst of reconciles cannot flood a backend.
-pub struct RateLimiter {
-    interval: std::time::Duration,
-    next_slot: tokio::sync::Mutex<tokio::time::Instant>,
-}
-
-impl RateLimiter {
-    pub fn new(per_second: u32) -> Self {
-        Self {
-            interval: std::time::Duration::from_secs(1) / per_second.max(1),
-            next_slot: tokio::sync::Mutex::new(tokio::time::Instant::now()),
-        }
-    }
-
-    /// Waits for the next free slot.
-    pub async fn acquire(&self) {
-        let slot = {
-            let mut next = self.next_slot.lock().await;
-            let now = tokio::time::Instant::now();
-            let slot = (*next).max(now);
-            *next = slot + self.interval;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,16 +183,5 @@ mod tests {
     fn secret_values_do_not_print() {
         let v = SecretValue::from("hunter2");
         assert_eq!(format!("{v:?}"), "SecretValue(<7 bytes redacted>)");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn rate_limiter_spaces_requests() {
-        let limiter = RateLimiter::new(10);
-        let start = tokio::time::Instant::now();
-        for _ in 0..11 {
-            limiter.acquire().await;
-        }
-        // Eleven requests at ten per second: the last waits a full second.
-        assert_eq!(start.elapsed(), std::time::Duration::from_secs(1));
     }
 }

@@ -6,8 +6,8 @@ use kube::api::{Api, Patch};
 use serde_json::json;
 
 use super::SyncedResource;
-use super::apply::patch_params;
-use crate::controller::Context;
+use crate::ownership::patch_params;
+use crate::context::Context;
 use crate::error::Result;
 
 pub async fn add<K: SyncedResource>(obj: &K, ctx: &Context, name: &str) -> Result<()> {

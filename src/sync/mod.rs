@@ -1,30 +1,34 @@
 //! The reconcile pipeline, shared by both kinds:
-//! resolve (IO) -> fetch (IO) -> render (pure) -> apply (IO) -> status (IO).
+//! resolve (pure) -> fetch (IO) -> render (pure) -> plan (pure) -> apply (IO) -> status (IO).
 //!
-//! The kinds differ only in how they resolve and fetch ([`SyncedResource::fetch`]);
-//! output building, templating, apply, expiry, rotation and status are this module.
+//! The kinds differ only in their backend (`crate::backend`); leases, output building,
+//! templating, apply, expiry, rotation and status are this module, and it names no type
+//! of any one backend.
 
 pub mod apply;
 mod finalizers;
-mod kinds;
+mod lifecycle;
+pub mod plan;
 pub mod render;
 pub mod schedule;
 pub mod status;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
+use jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
-use kube::Resource;
 use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{SecretTarget, SyncPolicy, SyncStatus};
-use crate::backend::Fetched;
+use crate::backend::{Backend, Lease, Material, Prior};
 use crate::config::parse_duration;
-use crate::controller::Context;
+use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::ownership::{REVOKE_FINALIZER, data_hmac, secret_hmac};
 
 /// What the pipeline needs from a custom resource kind.
 pub trait SyncedResource:
@@ -39,37 +43,19 @@ pub trait SyncedResource:
 {
     /// The kind's name, for metrics and logs.
     const KIND: &'static str;
+    /// Where this kind's material comes from.
+    type Backend: Backend;
+    fn backend(ctx: &Context) -> &Self::Backend;
+    /// The source part of the spec, which the backend resolves.
+    fn source(&self) -> &<Self::Backend as Backend>::Source;
     /// The Secret to write.
     fn target(&self) -> SecretTarget;
     /// Refresh interval, ttl and workloads to restart.
     fn policy(&self) -> &SyncPolicy;
     fn status(&self) -> Option<&SyncStatus>;
-    /// For dynamic sources: renew or re-issue at this share of the lifetime.
+    /// For issued material: renew or re-issue at this share of the lifetime.
     fn renewal_percent(&self) -> u8 {
         67
-    }
-    /// Whether the source issues material (database credentials, certificates).
-    fn is_dynamic(&self) -> bool {
-        false
-    }
-    /// Resolve and fetch: read the source as the tenant. `copy_present` says whether the
-    /// managed Secret exists with data (a dynamic source can then keep its lease).
-    fn fetch(
-        &self,
-        ctx: &Context,
-        copy_present: bool,
-    ) -> impl Future<Output = Result<Fetched>> + Send;
-    /// After the new material is written (and workloads restarted): revoke what it replaced.
-    fn after_write(&self, _ctx: &Context, _fetched: &Fetched) -> impl Future<Output = ()> + Send {
-        async {}
-    }
-    /// A finalizer this resource needs, for cleanup outside the cluster (a Vault lease).
-    fn finalizer(&self) -> Option<&'static str> {
-        None
-    }
-    /// The cleanup behind the finalizer; an error keeps the finalizer and is retried.
-    fn cleanup(&self, _ctx: &Context) -> impl Future<Output = Result<()>> + Send {
-        async { Ok(()) }
     }
 }
 
@@ -107,11 +93,20 @@ pub fn timing<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Timing> {
     })
 }
 
+/// The name of the managed Secret: `spec.output.secret.name`, else the resource's name.
+pub fn secret_name<K: SyncedResource>(obj: &K, target: &SecretTarget) -> String {
+    target.name.clone().unwrap_or_else(|| obj.name_any())
+}
+
 /// Reconciles one resource through the whole pipeline.
 pub async fn reconcile<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Action> {
     let started = Instant::now();
     let _in_flight = ctx.metrics.queue_depth.inc();
-    let result = run_pipeline(obj, ctx).await;
+    let result = if obj.meta().deletion_timestamp.is_some() {
+        lifecycle::finalize(obj, ctx).await
+    } else {
+        run_pipeline(obj, ctx).await
+    };
     ctx.metrics.queue_depth.dec();
     match &result {
         Ok(_) => {
@@ -130,42 +125,190 @@ pub async fn reconcile<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Acti
 }
 
 async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Action> {
-    let has_finalizer = |name: &str| obj.meta().finalizers.iter().flatten().any(|f| f == name);
-    if obj.meta().deletion_timestamp.is_some() {
-        // The Secret is owned by the resource; Kubernetes' garbage collector removes it.
-        // Only what lives outside the cluster needs the operator.
-        if let Some(name) = obj.finalizer().filter(|n| has_finalizer(n)) {
-            obj.cleanup(ctx).await?;
-            finalizers::remove(obj, ctx, name).await?;
-        }
-        return Ok(Action::await_change());
-    }
     let timing = timing(obj, ctx)?;
-    if let Some(name) = obj.finalizer().filter(|n| !has_finalizer(n)) {
+    let backend = K::backend(ctx);
+    let request = backend.resolve(&obj.namespace().unwrap_or_default(), obj.source())?;
+    let needs_finalizer = K::Backend::needs_finalizer(&request);
+    if needs_finalizer && !lifecycle::has_finalizer(obj) {
         // Before anything is issued, so that no lease can outlive its resource.
-        finalizers::add(obj, ctx, name).await?;
+        finalizers::add(obj, ctx, REVOKE_FINALIZER).await?;
     }
     let target = obj.target();
-    let name = target
-        .name
-        .clone()
-        .unwrap_or_else(|| obj.meta().name.clone().unwrap_or_default());
+    let name = secret_name(obj, &target);
     // Ownership first: a Secret someone else owns is never read further or touched.
     let existing = apply::existing_secret(obj, ctx, &name).await?;
-    let copy_present = existing
-        .as_ref()
-        .is_some_and(|s| s.data.as_ref().is_some_and(|d| !d.is_empty()));
-    let fetched = obj.fetch(ctx, copy_present).await?;
-    let desired = match (&existing, fetched.keep_existing) {
-        // A kept lease: the Secret already holds the material, which the operator does
-        // not keep in memory.
-        (Some(secret), true) => render::from_existing(&name, secret, &target),
-        _ => render::render(&name, &fetched, &target)?,
+    let cached = obj.status().cloned().unwrap_or_default();
+    let recorded = if K::Backend::issues(&request)
+        || cached.lease.is_some()
+        || cached.pending_lease.is_some()
+    {
+        status::fresh(obj, ctx).await?
+    } else {
+        cached
     };
-    let outcome = apply::apply(obj, ctx, &desired, &fetched, &timing, existing).await?;
-    obj.after_write(ctx, &fetched).await;
-    status::report_success(obj, ctx, &fetched, &outcome).await?;
-    Ok(Action::requeue(outcome.next_refresh))
+    let copy_hmac = existing
+        .as_ref()
+        .filter(|s| s.data.as_ref().is_some_and(|d| !d.is_empty()))
+        .map(|s| secret_hmac(&ctx.hmac_key, s));
+    let prior = lifecycle::recover(obj, ctx, &request, &recorded, copy_hmac.as_deref()).await?;
+    // A copy someone edited or emptied is not kept: static sources rewrite it, issued
+    // material is issued anew.
+    let copy_intact = copy_hmac.is_some() && copy_hmac == prior.data_hmac;
+    let material = backend
+        .fetch(
+            &request,
+            Prior {
+                lease: prior.lease.as_ref(),
+                copy_intact,
+                renewal_percent: obj.renewal_percent(),
+            },
+        )
+        .await?;
+
+    // The material, the lease it replaces (if any), and whether its lease is new.
+    let (desired, version, lease, not_after, replaced) = match material {
+        Material::Unchanged { lease } => {
+            let secret = existing
+                .as_ref()
+                .ok_or_else(|| Error::unavailable("the kept lease's Secret is gone"))?;
+            let desired = render::from_existing(&name, secret, &target);
+            let version = recorded.source_version.clone().unwrap_or_default();
+            let not_after = Some(lease.expires_at);
+            (desired, version, Some(lease), not_after, None)
+        }
+        Material::Fresh(fresh) => {
+            let replaced = prior
+                .lease
+                .clone()
+                .filter(|old| fresh.lease.as_ref().is_none_or(|new| new.id != old.id));
+            if replaced.is_some() && fresh.lease.is_some() {
+                failpoint::hit("issued");
+            }
+            let desired = match render::render(&name, &fresh, &target) {
+                Ok(desired) => desired,
+                Err(e) => {
+                    // Material nobody will receive is given back at once.
+                    release_unused(obj, ctx, &request, fresh.lease.as_ref()).await;
+                    return Err(e);
+                }
+            };
+            if let Some(new) = &fresh.lease {
+                let hmac = data_hmac(&ctx.hmac_key, &desired.type_, &desired.data);
+                if let Err(e) = status::record_pending(obj, ctx, &recorded, new, &hmac).await {
+                    release_unused(obj, ctx, &request, Some(new)).await;
+                    return Err(e);
+                }
+                if replaced.is_some() {
+                    failpoint::hit("recorded");
+                }
+            }
+            (
+                desired,
+                fresh.version,
+                fresh.lease,
+                fresh.not_after,
+                replaced,
+            )
+        }
+    };
+
+    let now = Timestamp::now();
+    let lifetime = lease.as_ref().map(|l| {
+        let start = l
+            .expires_at
+            .saturating_sub(jiff::SignedDuration::try_from(l.duration).unwrap_or_default())
+            .unwrap_or(l.expires_at);
+        (start, l.expires_at)
+    });
+    let plan = plan::plan(
+        existing.as_ref(),
+        &desired,
+        &plan::Inputs {
+            now,
+            refresh_interval: timing.refresh_interval,
+            ttl: timing.ttl,
+            renewal_percent: obj.renewal_percent(),
+            version: &version,
+            not_after,
+            lifetime,
+            jitter: rand::random::<f64>(),
+        },
+    );
+    let reissue = replaced.is_some() && lease.is_some();
+    let issued = lease
+        .as_ref()
+        .is_some_and(|new| prior.lease.as_ref().is_none_or(|old| old.id != new.id));
+    if let Err(e) = apply::execute(obj, ctx, &desired, &plan, existing.as_ref()).await {
+        if issued {
+            // The new lease never reached the Secret: revoke it; the pending record goes
+            // with the next status write.
+            release_unused(obj, ctx, &request, lease.as_ref()).await;
+        }
+        return Err(e);
+    }
+    if reissue {
+        failpoint::hit("written");
+    }
+    if plan.restart {
+        apply::restart_targets(obj, ctx, now).await;
+    }
+    if reissue {
+        failpoint::hit("restarted");
+    }
+    if let Some(old) = &replaced {
+        lifecycle::release_replaced(obj, ctx, &request, old).await;
+    }
+    if reissue {
+        failpoint::hit("revoked");
+    }
+    ctx.metrics.set_expiry(
+        &obj.namespace().unwrap_or_default(),
+        &name,
+        plan.expires_at.as_millisecond() as f64 / 1000.0,
+    );
+    status::report_success(
+        obj,
+        ctx,
+        &recorded,
+        &status::Synced {
+            secret_name: &name,
+            version: &version,
+            lease: lease.as_ref(),
+            expires_at: plan.expires_at,
+            next_refresh: plan.next_refresh,
+            data_hmac: data_hmac(&ctx.hmac_key, &desired.type_, &desired.data),
+            data_changed: plan.event.is_some(),
+        },
+    )
+    .await?;
+    if reissue {
+        failpoint::hit("committed");
+    }
+    if !needs_finalizer && lifecycle::has_finalizer(obj) {
+        // What was issued under the previous spec is released and no longer recorded.
+        finalizers::remove(obj, ctx, REVOKE_FINALIZER).await?;
+    }
+    Ok(Action::requeue(plan.next_refresh))
+}
+
+/// Releases a lease whose material will not be used; a failure is logged (the lease
+/// stays recorded as pending when it was, and is retried from there).
+async fn release_unused<K: SyncedResource>(
+    obj: &K,
+    ctx: &Context,
+    request: &<K::Backend as Backend>::Request,
+    lease: Option<&Lease>,
+) {
+    if let Some(lease) = lease
+        && let Err(e) = K::backend(ctx).release(request, lease).await
+    {
+        tracing::warn!(
+            kind = K::KIND,
+            name = %obj.name_any(),
+            error = %e,
+            "could not revoke credentials that were issued but not written"
+        );
+    }
 }
 
 /// The error policy: back off per object, exponentially with jitter, honouring
@@ -183,27 +326,4 @@ pub fn error_policy<K: SyncedResource>(obj: &K, error: &Error, ctx: &Context) ->
         "sync failed"
     );
     Action::requeue(delay)
-}
-
-/// Resolve, fetch and render one resource without writing anything: what
-/// `vaultsync check` shows. Returns the desired Secret and the source version.
-pub async fn check<K: SyncedResource>(
-    obj: &K,
-    ctx: &Context,
-) -> Result<(render::DesiredSecret, String)> {
-    timing(obj, ctx)?;
-    if obj.is_dynamic() {
-        // Checking would issue credentials or a certificate nobody would revoke.
-        return Err(Error::InvalidSpec(
-            "vaultsync check does not issue dynamic credentials or certificates; it checks kv sources".into(),
-        ));
-    }
-    let target = obj.target();
-    let name = target
-        .name
-        .clone()
-        .unwrap_or_else(|| obj.meta().name.clone().unwrap_or_default());
-    let fetched = obj.fetch(ctx, false).await?;
-    let desired = render::render(&name, &fetched, &target)?;
-    Ok((desired, fetched.version))
 }

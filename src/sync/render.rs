@@ -1,13 +1,15 @@
 //! Render (pure): fetched material plus the output spec become the desired Secret.
 //! Nothing here does IO, and no error message carries a value: only key names, sizes
 //! and the kind of problem.
+//!
+//! Past 400 lines only because of its table tests of hostile templates and typed Secrets.
 
 use std::collections::BTreeMap;
 
 use minijinja::{Environment, UndefinedBehavior};
 
 use crate::api::{FORBIDDEN_SECRET_TYPES, SecretTarget};
-use crate::backend::{Fetched, SecretValue};
+use crate::backend::{Fresh, SecretValue};
 use crate::error::{Error, Result};
 
 /// Kubernetes refuses Secrets whose data exceeds 1 MiB.
@@ -29,7 +31,7 @@ pub struct DesiredSecret {
 }
 
 /// Builds the desired Secret named `name` from `fetched` as `target` asks.
-pub fn render(name: &str, fetched: &Fetched, target: &SecretTarget) -> Result<DesiredSecret> {
+pub fn render(name: &str, fetched: &Fresh, target: &SecretTarget) -> Result<DesiredSecret> {
     let type_ = secret_type(target.type_.as_deref())?;
     let data = match &target.template {
         Some(templates) if !templates.is_empty() => render_templates(templates, &fetched.data)?,
@@ -283,8 +285,8 @@ mod tests {
 
     const CANARY: &str = "canary-Zx81-value";
 
-    fn fetched(pairs: &[(&str, &str)]) -> Fetched {
-        Fetched {
+    fn fetched(pairs: &[(&str, &str)]) -> Fresh {
+        Fresh {
             data: pairs
                 .iter()
                 .map(|(k, v)| (k.to_string(), SecretValue::from(*v)))

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
+use crate::backend::Lease;
+
 /// Longest wait between retries of a failing resource.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// First retry delay.
@@ -120,25 +122,34 @@ pub enum LeaseAction {
 }
 
 /// Pure decision for dynamic sources. `expires_at` and `duration` describe the current
-/// period of the lease recorded in status; `copy_present` says whether the managed Secret
+/// period of the lease recorded in status; `copy_intact` says whether the managed Secret
 /// still holds its material.
 pub fn lease_action(
     now: Timestamp,
-    lease: Option<(Timestamp, Duration, bool)>,
+    lease: Option<&Lease>,
     renewal_percent: u8,
-    copy_present: bool,
+    copy_intact: bool,
 ) -> LeaseAction {
-    let Some((expires_at, duration, renewable)) = lease else {
+    let Some(lease) = lease else {
         return LeaseAction::Issue;
     };
-    // Too close to the end to trust: a second is the least a workload needs.
-    if !copy_present
+    let (expires_at, duration, renewable) = (lease.expires_at, lease.duration, lease.renewable);
+    if !copy_intact
         || expires_at
             <= now
                 .saturating_add(SignedDuration::from_secs(1))
                 .unwrap_or(now)
     {
         return LeaseAction::Issue;
+    }
+    // Status claims more time than the lease's own period allows: only Vault can say
+    // how long it really has, so ask it now.
+    if expires_at > now.saturating_add(signed(duration)).unwrap_or(now) {
+        return if renewable {
+            LeaseAction::Renew
+        } else {
+            LeaseAction::Reissue
+        };
     }
     let start = expires_at
         .saturating_sub(signed(duration))
@@ -262,9 +273,26 @@ mod tests {
 
     #[test]
     fn lease_actions() {
-        let lease =
-            |end: i64, secs: u64, renewable| Some((t(end), Duration::from_secs(secs), renewable));
+        let leases: Vec<Lease> = [(60, 60, true), (60, 60, false), (3600, 60, true)]
+            .into_iter()
+            .map(|(end, secs, renewable)| Lease {
+                id: "database/creds/app/x".into(),
+                duration: Duration::from_secs(secs),
+                renewable,
+                expires_at: t(end),
+            })
+            .collect();
+        let lease = |end: i64, _secs: u64, renewable: bool| {
+            leases
+                .iter()
+                .find(|l| l.expires_at == t(end) && l.renewable == renewable)
+        };
         assert_eq!(lease_action(t(0), None, 67, true), LeaseAction::Issue);
+        assert_eq!(
+            lease_action(t(0), lease(3600, 60, true), 67, true),
+            LeaseAction::Renew,
+            "status claims an end beyond the lease's period: ask Vault"
+        );
         assert_eq!(
             lease_action(t(0), lease(60, 60, true), 67, false),
             LeaseAction::Issue,

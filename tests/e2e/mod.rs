@@ -2,9 +2,8 @@
 //! test's own namespace, against the local apiserver and OpenBao.
 #![allow(dead_code)]
 
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -66,50 +65,67 @@ pub async fn tenant(client: &kube::Client, ns: &str, sa: &str, path_prefix: &str
     role
 }
 
-/// A running operator scoped to one namespace. Dropping it stops the process.
+pub mod operator;
+
+use operator::{ConfigSpec, Launch, OperatorProcess};
+
+/// How a test's operator differs from the default one.
+#[derive(Clone, Debug, Default)]
+pub struct OperatorOptions {
+    /// YAML appended to the configuration (leader election, log format, ...).
+    pub extra_config: String,
+    /// Extra environment variables, such as `VAULTSYNC_FAILPOINT`.
+    pub env: Vec<(String, String)>,
+    /// `defaults:` entries that replace or add to the test defaults
+    /// (`ttl: 1h, refreshInterval: 30m, minRefreshInterval: 1s`), such as
+    /// `("revocationTimeout", "5s")`.
+    pub defaults: Vec<(String, String)>,
+    /// Talk to the apiserver with this kubeconfig instead of `KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Do not wait for `/readyz` (a process expected to abort may never get there).
+    pub no_wait: bool,
+}
+
+impl OperatorOptions {
+    pub fn failpoint(step: &str) -> Self {
+        OperatorOptions::default().env("VAULTSYNC_FAILPOINT", step)
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn default_value(mut self, key: &str, value: &str) -> Self {
+        self.defaults.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn extra(mut self, yaml: &str) -> Self {
+        self.extra_config.push_str(yaml);
+        self
+    }
+}
+
+/// A running operator scoped to one namespace. Dropping it kills the process at once
+/// (SIGKILL), as a crash would; [`Operator::terminate`] is the graceful way.
 pub struct Operator {
-    child: Child,
+    pub process: OperatorProcess,
     pub log: PathBuf,
     pub metrics_url: String,
 }
 
 impl Drop for Operator {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
-}
-
-impl Operator {
-    /// Sends SIGTERM and waits up to `timeout` for the process to exit; returns whether it
-    /// exited successfully in time.
-    pub fn terminate(&mut self, timeout: Duration) -> bool {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status();
-        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 impl Operator {
     /// Starts `vaultsync run` at debug log level, watching only `ns`, with `extra` YAML
     /// appended to its configuration.
     pub async fn start(ns: &str, extra: &str) -> Operator {
-        Self::start_with_kubeconfig(ns, extra, None).await
+        Self::start_with(ns, OperatorOptions::default().extra(extra)).await
     }
 
     /// Like [`Operator::start`], but talking to the apiserver with the credentials of
@@ -119,79 +135,120 @@ impl Operator {
         extra: &str,
         kubeconfig: Option<&std::path::Path>,
     ) -> Operator {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join("e2e")
-            .join(ns);
-        std::fs::create_dir_all(&dir).expect("e2e dir");
-        let port = free_port();
-        let config = format!(
-            "metricsAddress: 127.0.0.1:{port}\n\
-             operatorNamespace: {ns}\n\
-             watchNamespaces: [{ns}]\n\
-             defaults: {{ttl: 1h, refreshInterval: 30m, minRefreshInterval: 1s}}\n\
-             vault:\n  default:\n    address: {addr}\n    kvVersions: {{}}\n{extra}",
-            addr = common::env("VAULT_ADDR", "OpenBao server"),
-        );
-        let config_path = dir.join(format!("config-{port}.yaml"));
-        std::fs::write(&config_path, config).expect("write config");
-        let log = dir.join(format!("operator-{port}.log"));
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_vaultsync"));
-        command
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .env("VAULTSYNC_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        if let Some(path) = kubeconfig {
-            command.env("KUBECONFIG", path);
-        }
-        let child = command.spawn().expect("start vaultsync");
-        let operator = Operator {
-            child,
-            log,
-            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
+        let mut options = OperatorOptions::default().extra(extra);
+        options.kubeconfig = kubeconfig.map(PathBuf::from);
+        Self::start_with(ns, options).await
+    }
+
+    /// Starts the operator for `ns` as `options` say, and waits until it is ready
+    /// (unless `options.no_wait`).
+    pub async fn start_with(ns: &str, options: OperatorOptions) -> Operator {
+        let mut config = ConfigSpec {
+            operator_namespace: ns.to_string(),
+            watch_namespaces: format!("[{ns}]"),
+            defaults: Vec::new(),
+            vault_addr: common::env("VAULT_ADDR", "OpenBao server"),
+            log_format: None,
+            extra: options.extra_config.clone(),
         };
-        let ready = format!("http://127.0.0.1:{port}/readyz");
-        common::wait_until(Duration::from_secs(30), "the operator to be ready", || {
-            let ready = ready.clone();
-            async move {
-                let ok = reqwest::get(&ready).await.ok()?.status().is_success();
-                ok.then_some(())
-            }
-        })
-        .await;
+        for (k, v) in [("ttl", "1h"), ("refreshInterval", "30m"), ("minRefreshInterval", "1s")]
+            .into_iter()
+            .chain(options.defaults.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        {
+            config.default_value(k, v);
+        }
+        let mut env = options.env.clone();
+        if let Some(path) = &options.kubeconfig {
+            env.push(("KUBECONFIG".into(), path.display().to_string()));
+        }
+        let launch = Launch {
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_vaultsync")),
+            dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(ns),
+            config,
+            log_level: "debug".into(),
+            env,
+            per_port_files: true,
+        };
+        let process = OperatorProcess::spawn(&launch).expect("start vaultsync");
+        let mut operator = Operator {
+            log: process.log.clone(),
+            metrics_url: process.metrics_url.clone(),
+            process,
+        };
+        if !options.no_wait {
+            let ready = operator.process.wait_ready(Duration::from_secs(30)).await;
+            assert!(
+                ready,
+                "the operator did not get ready within 30 s (exit: {:?}); its log {}:\n{}",
+                operator.process.try_exit(),
+                operator.log.display(),
+                tail(&operator.logs(), 30)
+            );
+        }
         operator
     }
 
-    pub fn logs(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut text);
+    /// Sends SIGTERM and waits up to `timeout` for the process to exit; returns whether it
+    /// exited successfully in time.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        self.process.terminate(timeout)
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Waits up to `timeout` for the process to end by itself (a failpoint, say); its exit
+    /// status, or `None` if it still runs.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.process.try_exit() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        text
+    }
+
+    pub fn logs(&self) -> String {
+        self.process.logs()
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(&self.metrics_url)
-            .await
-            .expect("metrics endpoint")
-            .text()
-            .await
-            .expect("metrics text")
+        self.process.metrics_text().await.expect("metrics endpoint")
     }
 
-    /// The value of one metric line, such as `vaultsync_secret_writes_total{part="data"}`.
-    pub async fn metric(&self, series: &str) -> f64 {
-        self.metrics()
-            .await
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+    /// The value of one series, such as `vaultsync_secret_writes_total{part="data"}`, or
+    /// `None` when the operator exports no such series (a renamed metric or label, or a
+    /// counter never incremented).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        operator::metric_value(&self.metrics().await, series)
     }
+
+    /// The value of a series that must be exported by now; a missing one fails the test
+    /// with a message naming it.
+    pub async fn present_metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        operator::metric_value(&text, series).unwrap_or_else(|| {
+            panic!(
+                "the operator exports no series {series} (renamed?); it exports:\n{}",
+                text.lines()
+                    .filter(|l| !l.starts_with('#') && l.starts_with(series.split('{').next().unwrap_or(series)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Applies a manifest (YAML text) in `ns` with server-side apply.
@@ -384,15 +441,17 @@ pub fn vault_secret(name: &str, role: &str, source: &str, extra: &str) -> String
     )
 }
 
-/// Replaces `role`'s policy with one that also covers dynamic credentials, lease renewal
-/// and revocation, and PKI issue/revoke, besides the KV paths under `{ns}/`.
+/// Replaces `role`'s policy with one that also covers dynamic credentials of database role
+/// `{ns}`, renewal and revocation of those leases only (path-scoped: the operator uses
+/// `sys/leases/renew/<lease id>` and `sys/leases/revoke/<lease id>`), and PKI
+/// issue/revoke, besides the KV paths under `{ns}/`.
 pub async fn dynamic_policy(role: &str, ns: &str) {
     let policy = format!(
         "path \"secret/data/{ns}/*\" {{ capabilities = [\"read\"] }}\n\
          path \"kv1/{ns}/*\" {{ capabilities = [\"read\"] }}\n\
          path \"database/creds/{ns}\" {{ capabilities = [\"read\"] }}\n\
-         path \"sys/leases/renew\" {{ capabilities = [\"update\"] }}\n\
-         path \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n\
+         path \"sys/leases/renew/database/creds/{ns}/*\" {{ capabilities = [\"update\"] }}\n\
+         path \"sys/leases/revoke/database/creds/{ns}/*\" {{ capabilities = [\"update\"] }}\n\
          path \"pki/issue/web\" {{ capabilities = [\"update\"] }}\n\
          path \"pki/revoke\" {{ capabilities = [\"update\"] }}\n"
     );
@@ -501,8 +560,8 @@ pub async fn delete_resources_then_namespace(client: &kube::Client, ns: &str) {
     common::delete_namespace(client, ns).await;
 }
 
-/// A client with the CRDs installed and a fresh namespace.
-pub async fn setup(prefix: &str) -> (kube::Client, String) {
+/// A client with the CRDs installed and a fresh namespace, deleted when the guard drops.
+pub async fn setup(prefix: &str) -> (kube::Client, common::NamespaceGuard) {
     let client = common::client().await;
     common::install_crds(&client).await;
     let ns = common::create_namespace(&client, prefix).await;
@@ -511,7 +570,10 @@ pub async fn setup(prefix: &str) -> (kube::Client, String) {
 
 /// A fresh namespace with tenant `app` (role returned) and a KV v2 secret `{ns}/app`
 /// holding one canary password (returned).
-pub async fn seeded(prefix: &str, tag: &str) -> (kube::Client, String, String, String) {
+pub async fn seeded(
+    prefix: &str,
+    tag: &str,
+) -> (kube::Client, common::NamespaceGuard, String, String) {
     let (client, ns) = setup(prefix).await;
     let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
     let value = canary(tag);
@@ -524,4 +586,226 @@ pub async fn seeded(prefix: &str, tag: &str) -> (kube::Client, String, String, S
     .await
     .expect("seed");
     (client, ns, role, value)
+}
+
+/// A tenant whose policy also covers dynamic credentials of database role `{ns}`, the
+/// renewal and revocation of those leases only, and PKI issue/revoke.
+pub async fn dynamic_tenant(client: &kube::Client, ns: &str) -> String {
+    let role = tenant(client, ns, "app", &format!("{ns}/")).await;
+    dynamic_policy(&role, ns).await;
+    role
+}
+
+/// A namespace with a dynamic tenant, a database role named after it with the given TTLs,
+/// and Deployment `api` to restart.
+pub async fn database_setup(
+    prefix: &str,
+    default_ttl: u64,
+    max_ttl: u64,
+) -> (
+    kube::Client,
+    common::NamespaceGuard,
+    String,
+    Api<Deployment>,
+) {
+    let (client, ns) = setup(prefix).await;
+    let role = dynamic_tenant(&client, &ns).await;
+    database_role(&ns, default_ttl, max_ttl).await;
+    let deployments = deployment(&client, &ns).await;
+    (client, ns, role, deployments)
+}
+
+/// VaultSecret `db` reading database role `{ns}` as tenant `role`, with `extra` spec lines.
+pub fn database_secret(role: &str, ns: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: vaultsync.dev/v1alpha1\nkind: VaultSecret\nmetadata: {{name: db}}\nspec:\n  vault:\n    auth: {{kubernetes: {{role: {role}, serviceAccountName: app}}}}\n    database: {{mount: database, role: {ns}}}\n{extra}"
+    )
+}
+
+/// The username and password a database Secret holds.
+pub fn creds(s: &Secret) -> (String, String) {
+    (
+        value(s, "username").unwrap_or_default(),
+        value(s, "password").unwrap_or_default(),
+    )
+}
+
+/// The VaultSecrets of `ns`, as dynamic objects.
+pub fn vault_secrets(client: &kube::Client, ns: &str) -> Api<kube::core::DynamicObject> {
+    let ar = kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+        "vaultsync.dev",
+        "v1alpha1",
+        "VaultSecret",
+    ));
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// A request to OpenBao with `token`: the HTTP status and the JSON body (null if none).
+pub async fn bao(
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let addr = common::env("VAULT_ADDR", "OpenBao server");
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{addr}/v1/{path}"))
+        .timeout(Duration::from_secs(10));
+    if !token.is_empty() {
+        request = request.header("X-Vault-Token", token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("OpenBao {path}: {e}"));
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A request to OpenBao with the root token.
+pub async fn bao_root(
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    bao(
+        &common::env("VAULT_TOKEN", "OpenBao server"),
+        method,
+        path,
+        body,
+    )
+    .await
+}
+
+/// Every lease OpenBao holds for database role `role` (full ids), listed as root.
+pub async fn role_leases(role: &str) -> Vec<String> {
+    let prefix = format!("database/creds/{role}/");
+    let (status, body) = bao_root("LIST", &format!("sys/leases/lookup/{prefix}"), None).await;
+    if status == 404 {
+        return Vec::new();
+    }
+    assert_eq!(status, 200, "LIST sys/leases/lookup/{prefix}: {body}");
+    body["data"]["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k.as_str())
+        .map(|k| format!("{prefix}{k}"))
+        .collect()
+}
+
+/// The lease as OpenBao knows it (`sys/leases/lookup`, as root), or `None` when it does
+/// not exist (revoked or expired).
+pub async fn lease_lookup(id: &str) -> Option<serde_json::Value> {
+    let (status, body) = bao_root(
+        "PUT",
+        "sys/leases/lookup",
+        Some(json!({"lease_id": id})),
+    )
+    .await;
+    (status == 200).then(|| body["data"].clone())
+}
+
+/// Issues credentials of database role `role` with the root token: (lease id, username,
+/// password).
+pub async fn root_database_creds(role: &str) -> (String, String, String) {
+    let (status, body) = bao_root("GET", &format!("database/creds/{role}"), None).await;
+    assert_eq!(status, 200, "database/creds/{role}: {body}");
+    (
+        body["lease_id"].as_str().expect("lease_id").to_string(),
+        body["data"]["username"]
+            .as_str()
+            .expect("username")
+            .to_string(),
+        body["data"]["password"]
+            .as_str()
+            .expect("password")
+            .to_string(),
+    )
+}
+
+/// A TokenRequest token of service account `sa` in `ns` for `audience`, as the operator
+/// asks for when it logs in as a tenant.
+pub async fn service_account_token(
+    client: &kube::Client,
+    ns: &str,
+    sa: &str,
+    audience: &str,
+) -> String {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    let request: TokenRequest = serde_json::from_value(json!({
+        "spec": {"audiences": [audience], "expirationSeconds": 600}
+    }))
+    .expect("token request");
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(sa, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {ns}/{sa}: {e}"))
+        .status
+        .expect("TokenRequest status")
+        .token
+}
+
+/// Logs in to OpenBao as tenant `role` (Kubernetes auth, service account `sa` of `ns`,
+/// audience `vault`), as the operator does; returns the client token.
+pub async fn tenant_login(client: &kube::Client, ns: &str, sa: &str, role: &str) -> String {
+    let jwt = service_account_token(client, ns, sa, "vault").await;
+    let (status, body) = bao(
+        "",
+        "POST",
+        "auth/kubernetes/login",
+        Some(json!({"role": role, "jwt": jwt})),
+    )
+    .await;
+    assert_eq!(status, 200, "Kubernetes auth login as {role}: {body}");
+    body["auth"]["client_token"]
+        .as_str()
+        .expect("client_token")
+        .to_string()
+}
+
+/// Polls `check` until it returns `Ok`, or panics after `timeout` with what it waited
+/// for, the last `Err` it saw, and the end of the operator's log.
+pub async fn wait_state<T, F, Fut>(
+    timeout: Duration,
+    what: &str,
+    operator: &Operator,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; last seen: {last}\n\
+                 operator log {} ends with:\n{}",
+                operator.log.display(),
+                tail(&operator.logs(), 40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The Ready condition of a status, if any.
+pub fn ready_condition(status: &serde_json::Value) -> Option<&serde_json::Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
 }

@@ -203,12 +203,12 @@ step_seed() {
   wait_until 60 "service account $NS/default" kubectl -n "$NS" get serviceaccount default ||
     fail "the service-account controller did not create $NS/default within 60s (see $ENV_DIR/k8s/kube-controller-manager.log)"
 
-  say "\$ bao policy write $NS -   # read secret/data/$NS/* and database/creds/$DB_ROLE; renew and revoke leases"
+  say "\$ bao policy write $NS -   # read secret/data/$NS/* and database/creds/$DB_ROLE; renew and revoke its own leases"
   bao policy write "$NS" - >/dev/null <<EOF || fail "bao policy write $NS failed"
 path "secret/data/$NS/*"         { capabilities = ["read"] }
 path "database/creds/$DB_ROLE"   { capabilities = ["read"] }
-path "sys/leases/renew"          { capabilities = ["update"] }
-path "sys/leases/revoke"         { capabilities = ["update"] }
+path "sys/leases/renew/database/creds/$DB_ROLE/*"   { capabilities = ["update"] }
+path "sys/leases/revoke/database/creds/$DB_ROLE/*"  { capabilities = ["update"] }
 EOF
   # `app` for the samples that set spec.vault.auth; `default` for vaultsecret-kv.yaml, which
   # relies on the config's defaultAuth (role "{namespace}", service account default).
