@@ -140,7 +140,7 @@ impl VaultBackend {
                 return Ok(token);
             }
         };
-        let login_path = path(&["auth", mount, "login"])?;
+        let login_path = path(&["auth", mount.as_str(), "login"])?;
         let what = format!("the login as {}", identity.describe());
         let answer = conn
             .call(

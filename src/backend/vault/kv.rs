@@ -24,9 +24,9 @@ impl VaultBackend {
             )));
         }
         let url_path = match (version, kv.version) {
-            (1, _) => path(&[&kv.mount, &kv.path])?,
-            (_, Some(v)) => format!("{}?version={v}", path(&[&kv.mount, "data", &kv.path])?),
-            (_, None) => path(&[&kv.mount, "data", &kv.path])?,
+            (1, _) => path(&[kv.mount.as_str(), kv.path.as_str()])?,
+            (_, Some(v)) => format!("{}?version={v}", path(&[kv.mount.as_str(), "data", kv.path.as_str()])?),
+            (_, None) => path(&[kv.mount.as_str(), "data", kv.path.as_str()])?,
         };
         let mut body = self
             .connection(&request.connection)?

@@ -110,7 +110,7 @@ impl VaultBackend {
                 &self.metrics,
                 Call {
                     method: reqwest::Method::GET,
-                    path: &path(&[&db.mount, "creds", &db.role])?,
+                    path: &path(&[db.mount.as_str(), "creds", db.role.as_str()])?,
                     body: None,
                     token: Some(&token),
                     operation: "database_creds",
@@ -157,7 +157,7 @@ impl VaultBackend {
                 &self.metrics,
                 Call {
                     method: reqwest::Method::PUT,
-                    path: &format!("sys/leases/renew/{}", path(&[&lease.id])?),
+                    path: &format!("sys/leases/renew/{}", path(&[lease.id.as_str()])?),
                     body: Some(json!({"increment": lease.duration.as_secs()})),
                     token: Some(token),
                     operation: "lease_renew",
@@ -175,10 +175,11 @@ impl VaultBackend {
     }
 
     /// Revokes a credentials lease: `sys/leases/revoke/<id>`, so a tenant policy can be
-    /// scoped to its own leases' paths.
+    /// scoped to its own leases' paths. A lease Vault no longer knows is already gone.
     pub(super) async fn revoke_lease(&self, request: &VaultRequest, id: &str) -> Result<()> {
         let token = self.login(request).await?;
-        self.connection(&request.connection)?
+        let result = self
+            .connection(&request.connection)?
             .call(
                 &self.metrics,
                 Call {
@@ -190,8 +191,16 @@ impl VaultBackend {
                     what: "the lease revocation",
                 },
             )
-            .await
-            .map(|_| ())
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(Error::InvalidSpec(words))
+                if words.contains("lease not found") || words.contains("invalid lease") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -133,19 +133,19 @@ impl Backend for VaultBackend {
             },
         };
         if let Identity::Kubernetes { mount, .. } | Identity::AppRole { mount, .. } = &identity {
-            request::path(&[mount])?;
+            request::path(&[mount.as_str()])?;
         }
         let source = match (&spec.kv, &spec.database, &spec.pki) {
             (Some(kv), None, None) => {
-                request::path(&[&kv.mount, &kv.path])?;
+                request::path(&[kv.mount.as_str(), kv.path.as_str()])?;
                 Source::Kv(kv.clone())
             }
             (None, Some(db), None) => {
-                request::path(&[&db.mount, &db.role])?;
+                request::path(&[db.mount.as_str(), db.role.as_str()])?;
                 Source::Database(db.clone())
             }
             (None, None, Some(pki)) => {
-                request::path(&[&pki.mount, &pki.role])?;
+                request::path(&[pki.mount.as_str(), pki.role.as_str()])?;
                 Source::Pki(pki.clone())
             }
             _ => {

@@ -60,7 +60,7 @@ impl VaultBackend {
                 &self.metrics,
                 Call {
                     method: reqwest::Method::PUT,
-                    path: &path(&[&pki.mount, "issue", &pki.role])?,
+                    path: &path(&[pki.mount.as_str(), "issue", pki.role.as_str()])?,
                     body: Some(body),
                     token: Some(&token),
                     operation: "pki_issue",
@@ -144,7 +144,7 @@ impl VaultBackend {
                 &self.metrics,
                 Call {
                     method: reqwest::Method::PUT,
-                    path: &path(&[&pki.mount, "revoke"])?,
+                    path: &path(&[pki.mount.as_str(), "revoke"])?,
                     body: Some(json!({"serial_number": serial})),
                     token: Some(&token),
                     operation: "revoke",
