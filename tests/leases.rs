@@ -645,27 +645,35 @@ async fn a_secret_write_the_apiserver_refuses_turns_ready_false_for_this_generat
     let (client, ns, role, value_) = seeded("e2e-refused", "refused").await;
     let op = Operator::start(&ns, "").await;
     let kv = format!("kv: {{mount: secret, path: {ns}/app}}");
-    let labels = |labels: &str| format!("  output:\n    secret:\n      labels: {labels}\n");
+    // Admission refuses invalid label keys and values (CEL), so the refusal comes from
+    // what only the Secret's own validation sees: 64 annotations of 4096 characters are
+    // each allowed, but together pass the apiserver's 256 KiB limit on annotations.
+    let output = |annotations: &str| format!("  output:\n    secret:\n      annotations: {annotations}\n");
+    let too_many: String = (0..64)
+        .map(|i| format!("a{i}.example.com/x: {}", "v".repeat(4096)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let too_many = format!("{{{too_many}}}");
     apply(
         &client,
         &ns,
-        &e2e::vault_secret("app", &role, &kv, &labels("{team: a}")),
+        &e2e::vault_secret("app", &role, &kv, &output("{team: a}")),
     )
     .await;
     let before = wait_secret(&client, &ns, "app", "the copy", |_| true).await;
     wait_ready(&client, &ns, "VaultSecret", "app", "True", "Synced").await;
 
-    // An update and a new resource, both asking for a label key Kubernetes refuses.
+    // An update and a new resource, both asking for annotations Kubernetes refuses.
     apply(
         &client,
         &ns,
-        &e2e::vault_secret("app", &role, &kv, &labels("{team: a, \"bad key!\": x}")),
+        &e2e::vault_secret("app", &role, &kv, &output(&too_many)),
     )
     .await;
     apply(
         &client,
         &ns,
-        &e2e::vault_secret("fresh", &role, &kv, &labels("{\"bad key!\": x}")),
+        &e2e::vault_secret("fresh", &role, &kv, &output(&too_many)),
     )
     .await;
     for name in ["app", "fresh"] {
