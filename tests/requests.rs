@@ -424,7 +424,14 @@ async fn keys_someone_added_are_stripped_by_a_merge_patch_after_the_apply() {
         strip.query.get("fieldManager").map(String::as_str),
         Some("vaultsync")
     );
-    assert_eq!(strip.body, json!({"data": {"planted": null}}));
+    assert_eq!(
+        strip.body,
+        json!({
+            "metadata": {"resourceVersion": answer["metadata"]["resourceVersion"]},
+            "data": {"planted": null},
+        }),
+        "only the planted key goes, on the version just written"
+    );
 }
 
 #[tokio::test]
@@ -441,7 +448,13 @@ async fn a_secret_write_the_apiserver_refuses_is_an_invalid_spec() {
         apply::execute(&obj, &ctx, &want, &planned, None),
         server.answer(422, refusal),
     );
-    assert_server_side_apply(&write, "/api/v1/namespaces/team-a/secrets/db");
+    // A new Secret is a create, which fails if someone else created it meanwhile.
+    assert_eq!(write.method, "POST", "{write:?}");
+    assert_eq!(write.path, "/api/v1/namespaces/team-a/secrets");
+    assert_eq!(
+        write.query.get("fieldManager").map(String::as_str),
+        Some("vaultsync")
+    );
     assert!(
         write.body["metadata"]["resourceVersion"].is_null(),
         "a new Secret is created, not pinned: {write:?}"

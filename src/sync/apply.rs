@@ -134,17 +134,21 @@ pub async fn execute<K: SyncedResource>(
     {
         // Keys someone else added, and labels or annotations the spec dropped, are removed
         // so the copy is exactly what the spec and the source say.
-        let nulls = |keys: &[String]| -> BTreeMap<String, Option<()>> {
-            keys.iter().map(|k| (k.clone(), None)).collect()
+        let nulls = |keys: &[String]| -> serde_json::Value {
+            keys.iter().map(|k| (k.clone(), serde_json::Value::Null)).collect()
         };
-        let patch = json!({
-            "metadata": {
-                "labels": nulls(&plan.strip_labels),
-                "annotations": nulls(&plan.strip_annotations),
-                "resourceVersion": written.metadata.resource_version,
-            },
-            "data": nulls(&plan.strip_keys),
-        });
+        // The resourceVersion makes the patch apply to the Secret just written, or fail.
+        let mut metadata = json!({"resourceVersion": written.metadata.resource_version});
+        if !plan.strip_labels.is_empty() {
+            metadata["labels"] = nulls(&plan.strip_labels);
+        }
+        if !plan.strip_annotations.is_empty() {
+            metadata["annotations"] = nulls(&plan.strip_annotations);
+        }
+        let mut patch = json!({"metadata": metadata});
+        if !plan.strip_keys.is_empty() {
+            patch["data"] = nulls(&plan.strip_keys);
+        }
         written = api
             .patch(&desired.name, &patch_params(), &Patch::Merge(patch))
             .await
