@@ -42,7 +42,7 @@ async fn tls_settings_come_only_from_the_config_and_failures_say_tls() {
         .expect("token secret");
     let resource: VaultSecret = serde_json::from_value(serde_json::json!({
         "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret",
-        "metadata": {"name": "tls", "namespace": ns},
+        "metadata": {"name": "tls", "namespace": ns.as_str()},
         "spec": {"vault": {
             "auth": {"token": {"secretRef": {"name": "vault-token", "key": "token"}}},
             "kv": {"mount": "secret", "path": "app"}
