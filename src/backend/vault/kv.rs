@@ -29,9 +29,8 @@ impl VaultBackend {
             (_, None) => path(&[kv.mount.as_str(), "data", kv.path.as_str()])?,
         };
         let mut body = self
-            .connection(&request.connection)?
             .call(
-                &self.metrics,
+                request,
                 Call {
                     method: reqwest::Method::GET,
                     path: &url_path,

@@ -105,9 +105,8 @@ impl VaultBackend {
         let token = self.login(request).await?;
         let what = format!("{}/creds/{}", db.mount, db.role);
         let body = self
-            .connection(&request.connection)?
             .call(
-                &self.metrics,
+                request,
                 Call {
                     method: reqwest::Method::GET,
                     path: &path(&[db.mount.as_str(), "creds", db.role.as_str()])?,
@@ -152,9 +151,8 @@ impl VaultBackend {
     /// granted it.
     async fn renew(&self, request: &VaultRequest, token: &str, lease: &Lease) -> Result<Lease> {
         let body = self
-            .connection(&request.connection)?
             .call(
-                &self.metrics,
+                request,
                 Call {
                     method: reqwest::Method::PUT,
                     path: &format!("sys/leases/renew/{}", path(&[lease.id.as_str()])?),
@@ -179,9 +177,8 @@ impl VaultBackend {
     pub(super) async fn revoke_lease(&self, request: &VaultRequest, id: &str) -> Result<()> {
         let token = self.login(request).await?;
         let result = self
-            .connection(&request.connection)?
             .call(
-                &self.metrics,
+                request,
                 Call {
                     method: reqwest::Method::PUT,
                     path: &format!("sys/leases/revoke/{}", path(&[id])?),

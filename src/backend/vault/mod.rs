@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 pub use auth::Identity;
-use request::Connection;
+use request::{Call, Connection};
 
 use super::{Backend, Lease, Material, Prior};
 use crate::api::{
@@ -66,6 +66,13 @@ impl VaultBackend {
             kv_versions: Mutex::default(),
             metrics,
         })
+    }
+
+    /// One call to Vault through the request's connection.
+    async fn call(&self, request: &VaultRequest, call: Call<'_>) -> Result<Value> {
+        self.connection(&request.connection)?
+            .call(&self.metrics, call)
+            .await
     }
 
     fn connection(&self, name: &str) -> Result<&Connection> {

@@ -55,9 +55,8 @@ impl VaultBackend {
             body["ttl"] = Value::from(ttl.as_str());
         }
         let answer = self
-            .connection(&request.connection)?
             .call(
-                &self.metrics,
+                request,
                 Call {
                     method: reqwest::Method::PUT,
                     path: &path(&[pki.mount.as_str(), "issue", pki.role.as_str()])?,
@@ -139,9 +138,8 @@ impl VaultBackend {
         serial: &str,
     ) -> Result<()> {
         let token = self.login(request).await?;
-        self.connection(&request.connection)?
-            .call(
-                &self.metrics,
+        self.call(
+                request,
                 Call {
                     method: reqwest::Method::PUT,
                     path: &path(&[pki.mount.as_str(), "revoke"])?,
