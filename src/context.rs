@@ -145,4 +145,3 @@ pub async fn hmac_key(client: &Client, namespace: &str) -> anyhow::Result<Vec<u8
         )),
     }
 }
-

@@ -71,13 +71,13 @@ pub fn expired<'a>(
         .map(|s| {
             let namespace = s.metadata.namespace.clone().unwrap_or_default();
             let owner = vaultsync_owner(s, owners).map(|r| ObjectReference {
-                    api_version: Some(r.api_version.clone()),
-                    kind: Some(r.kind.clone()),
-                    name: Some(r.name.clone()),
-                    uid: Some(r.uid.clone()),
-                    namespace: Some(namespace.clone()),
-                    ..Default::default()
-                });
+                api_version: Some(r.api_version.clone()),
+                kind: Some(r.kind.clone()),
+                name: Some(r.name.clone()),
+                uid: Some(r.uid.clone()),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            });
             Expired {
                 namespace,
                 name: s.metadata.name.clone().unwrap_or_default(),
@@ -145,7 +145,11 @@ mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
-    fn meta(name: &str, mark: Option<&str>, owner: Option<(&str, &str, bool)>) -> PartialObjectMeta<Secret> {
+    fn meta(
+        name: &str,
+        mark: Option<&str>,
+        owner: Option<(&str, &str, bool)>,
+    ) -> PartialObjectMeta<Secret> {
         let mut m = PartialObjectMeta::<Secret>::default();
         m.metadata.name = Some(name.into());
         m.metadata.namespace = Some("ns".into());
@@ -176,9 +180,21 @@ mod tests {
             meta("unmarked", None, ours),
             meta("garbled", Some("tomorrow"), ours),
             meta("no-owner", Some("2026-01-01T11:00:00Z"), None),
-            meta("configmap-owned", Some("2026-01-01T11:00:00Z"), Some(("v1", "uid-1", true))),
-            meta("unknown-uid", Some("2026-01-01T11:00:00Z"), Some(("vaultsync.dev/v1alpha1", "uid-2", true))),
-            meta("not-controller", Some("2026-01-01T11:00:00Z"), Some(("vaultsync.dev/v1alpha1", "uid-1", false))),
+            meta(
+                "configmap-owned",
+                Some("2026-01-01T11:00:00Z"),
+                Some(("v1", "uid-1", true)),
+            ),
+            meta(
+                "unknown-uid",
+                Some("2026-01-01T11:00:00Z"),
+                Some(("vaultsync.dev/v1alpha1", "uid-2", true)),
+            ),
+            meta(
+                "not-controller",
+                Some("2026-01-01T11:00:00Z"),
+                Some(("vaultsync.dev/v1alpha1", "uid-1", false)),
+            ),
         ];
         let owners = HashSet::from(["uid-1".to_string()]);
         let names: Vec<String> = expired(secrets.iter(), &owners, now)

@@ -77,4 +77,3 @@ pub async fn become_leader(
     tracing::info!(%identity, "became the leader");
     Ok(Some((leading, release)))
 }
-

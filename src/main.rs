@@ -1,7 +1,7 @@
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use vaultsync::config::Config;
 
 /// vaultsync: syncs short-lived Secrets from Vault/OpenBao and Azure Key Vault.

@@ -42,7 +42,11 @@ pub fn is_owned_by<K: Resource>(secret: &Secret, obj: &K) -> bool {
 /// Keyed HMAC-SHA256 of a Secret's type and data, so status can show whether content
 /// changed without revealing anything about it.
 pub fn data_hmac(key: &[u8], type_: &str, data: &BTreeMap<String, SecretValue>) -> String {
-    hmac_of(key, type_, data.iter().map(|(k, v)| (k.as_str(), v.expose())))
+    hmac_of(
+        key,
+        type_,
+        data.iter().map(|(k, v)| (k.as_str(), v.expose())),
+    )
 }
 
 /// The same HMAC over what a Secret in the cluster holds.
@@ -88,7 +92,10 @@ pub fn owned_metadata_keys(secret: &Secret) -> (BTreeSet<String>, BTreeSet<Strin
             continue;
         };
         let metadata = &fields.0["f:metadata"];
-        for (set, field) in [(&mut labels, "f:labels"), (&mut annotations, "f:annotations")] {
+        for (set, field) in [
+            (&mut labels, "f:labels"),
+            (&mut annotations, "f:annotations"),
+        ] {
             if let Some(map) = metadata[field].as_object() {
                 set.extend(
                     map.keys()
@@ -114,7 +121,10 @@ mod tests {
         }))
         .expect("secret");
         assert_eq!(data_hmac(b"k", "Opaque", &data), secret_hmac(b"k", &secret));
-        assert_ne!(data_hmac(b"other", "Opaque", &data), secret_hmac(b"k", &secret));
+        assert_ne!(
+            data_hmac(b"other", "Opaque", &data),
+            secret_hmac(b"k", &secret)
+        );
     }
 
     #[test]

@@ -143,7 +143,10 @@ async fn an_operator_restart_issues_nothing_and_restarts_nothing() {
     let lease_before = e2e::status(&client, &ns, "VaultSecret", "db").await["lease"]["id"].clone();
     // The first process exports the issue counter under exactly this name, so its absence
     // from the second process below means "never issued", not "renamed".
-    assert!(op.present_metric(DB_ISSUED).await >= 1.0, "credentials were issued");
+    assert!(
+        op.present_metric(DB_ISSUED).await >= 1.0,
+        "credentials were issued"
+    );
 
     // Kill the operator mid-lease and start a new one.
     drop(op);

@@ -13,9 +13,9 @@ use std::os::unix::process::ExitStatusExt as _;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    Operator, OperatorOptions, apply, assert_no_leak, bao, creds, database_secret,
-    database_setup, lease_lookup, pg_login, role_leases, root_vault, secret, seeded, value,
-    vault_secrets, wait_ready, wait_secret, wait_state,
+    Operator, OperatorOptions, apply, assert_no_leak, bao, creds, database_secret, database_setup,
+    lease_lookup, pg_login, role_leases, root_vault, secret, seeded, value, vault_secrets,
+    wait_ready, wait_secret, wait_state,
 };
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
@@ -71,9 +71,15 @@ async fn switching_from_database_to_kv_revokes_the_lease_and_deletion_completes_
     pg_login(&user, &password).expect("the synced credentials log in");
     let status = wait_ready(&client, &ns, "VaultSecret", "db", "True", "Synced").await;
     let lease = lease_id(&status).expect("status.lease.id");
-    assert!(role_leases(&ns).await.contains(&lease), "OpenBao lists {lease}");
     assert!(
-        finalizers(&client, &ns, "db").await.iter().any(|f| f == FINALIZER),
+        role_leases(&ns).await.contains(&lease),
+        "OpenBao lists {lease}"
+    );
+    assert!(
+        finalizers(&client, &ns, "db")
+            .await
+            .iter()
+            .any(|f| f == FINALIZER),
         "a resource with a lease carries the revocation finalizer"
     );
 
@@ -128,19 +134,24 @@ async fn switching_from_database_to_kv_revokes_the_lease_and_deletion_completes_
         .delete("db", &DeleteParams::default())
         .await
         .expect("delete");
-    wait_state(Duration::from_secs(10), "the resource to be gone", &op, || {
-        let api = vault_secrets(&client, &ns);
-        async move {
-            match api.get_opt("db").await {
-                Ok(None) => Ok(()),
-                Ok(Some(o)) => Err(format!(
-                    "still there, finalizers {:?}",
-                    o.metadata.finalizers
-                )),
-                Err(e) => Err(e.to_string()),
+    wait_state(
+        Duration::from_secs(10),
+        "the resource to be gone",
+        &op,
+        || {
+            let api = vault_secrets(&client, &ns);
+            async move {
+                match api.get_opt("db").await {
+                    Ok(None) => Ok(()),
+                    Ok(Some(o)) => Err(format!(
+                        "still there, finalizers {:?}",
+                        o.metadata.finalizers
+                    )),
+                    Err(e) => Err(e.to_string()),
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     println!("deleted in {:?}", deleted.elapsed());
     assert_no_leak(&client, &ns, &op, &[&password, &kv_value]).await;
@@ -420,7 +431,10 @@ async fn crash_and_recover(step: &str) {
                 "completed: the pending lease is the one in use"
             );
             assert_eq!(user, copy.0);
-            assert!(lease_lookup(&lease1).await.is_none(), "{lease1} was revoked");
+            assert!(
+                lease_lookup(&lease1).await.is_none(),
+                "{lease1} was revoked"
+            );
             assert!(pg_login(&user1, &password1).is_err());
             assert!(
                 e2e::restarted_at(&deployments).await.is_some(),
@@ -648,7 +662,8 @@ async fn a_secret_write_the_apiserver_refuses_turns_ready_false_for_this_generat
     // Admission refuses invalid label keys and values (CEL), so the refusal comes from
     // what only the Secret's own validation sees: 64 annotations of 4096 characters are
     // each allowed, but together pass the apiserver's 256 KiB limit on annotations.
-    let output = |annotations: &str| format!("  output:\n    secret:\n      annotations: {annotations}\n");
+    let output =
+        |annotations: &str| format!("  output:\n    secret:\n      annotations: {annotations}\n");
     let too_many: String = (0..64)
         .map(|i| format!("a{i}.example.com/x: {}", "v".repeat(4096)))
         .collect::<Vec<_>>()
@@ -688,7 +703,9 @@ async fn a_secret_write_the_apiserver_refuses_turns_ready_false_for_this_generat
         let condition = e2e::ready_condition(&status).expect("Ready").clone();
         let message = condition["message"].as_str().unwrap_or_default();
         assert!(
-            message.contains("apiserver") && message.contains("refused") && message.contains("Secret"),
+            message.contains("apiserver")
+                && message.contains("refused")
+                && message.contains("Secret"),
             "{name}: the message says the apiserver refused the Secret: {message}"
         );
         assert_eq!(
@@ -801,10 +818,7 @@ async fn a_tenant_token_renews_and_revokes_its_own_leases_only() {
             (200..300).contains(&status),
             "tenant {who} revokes its own lease: {status} {body}"
         );
-        assert!(
-            lease_lookup(lease).await.is_none(),
-            "{lease} is revoked"
-        );
+        assert!(lease_lookup(lease).await.is_none(), "{lease} is revoked");
     }
 }
 
@@ -850,7 +864,9 @@ async fn deletion_gives_up_revoking_after_the_revocation_timeout_and_says_so() {
                 let events = e2e::events(client, ns).await;
                 events
                     .iter()
-                    .find(|e| e.starts_with("SyncFailed: could not revoke the lease before deletion"))
+                    .find(|e| {
+                        e.starts_with("SyncFailed: could not revoke the lease before deletion")
+                    })
                     .cloned()
                     .ok_or_else(|| format!("{events:?}"))
             }
@@ -858,7 +874,8 @@ async fn deletion_gives_up_revoking_after_the_revocation_timeout_and_says_so() {
     )
     .await;
     assert!(
-        resources.get_opt("db").await.expect("get").is_some() || deleted.elapsed() >= Duration::from_secs(5),
+        resources.get_opt("db").await.expect("get").is_some()
+            || deleted.elapsed() >= Duration::from_secs(5),
         "the finalizer holds while revocation is retried"
     );
     wait_state(

@@ -84,10 +84,10 @@ impl ApiServerVerifier {
 fn context() -> (Context, ApiServerVerifier) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
-    let config = Config::parse("vault:\n  default:\n    address: http://127.0.0.1:9\n")
-        .expect("config");
-    let ctx = Context::new(client, config, Arc::new(Metrics::default()), vec![7; 32])
-        .expect("context");
+    let config =
+        Config::parse("vault:\n  default:\n    address: http://127.0.0.1:9\n").expect("config");
+    let ctx =
+        Context::new(client, config, Arc::new(Metrics::default()), vec![7; 32]).expect("context");
     (ctx, ApiServerVerifier(handle))
 }
 
@@ -171,7 +171,10 @@ fn keys(value: &Value) -> BTreeSet<String> {
 #[tokio::test]
 async fn record_pending_applies_the_status_with_the_new_lease_beside_the_current_one() {
     let (ctx, mut server) = context();
-    let (old, new) = (lease("database/creds/app/old"), lease("database/creds/app/new"));
+    let (old, new) = (
+        lease("database/creds/app/old"),
+        lease("database/creds/app/new"),
+    );
     let base = previous(&old, None);
     let obj = resource(Some(&base), &[FINALIZER]);
     let (result, seen) = tokio::join!(
@@ -196,7 +199,10 @@ async fn record_pending_applies_the_status_with_the_new_lease_beside_the_current
 #[tokio::test]
 async fn success_applies_a_whole_status_without_the_pending_lease() {
     let (ctx, mut server) = context();
-    let (old, new) = (lease("database/creds/app/old"), lease("database/creds/app/new"));
+    let (old, new) = (
+        lease("database/creds/app/old"),
+        lease("database/creds/app/new"),
+    );
     let before = previous(&old, Some(&new));
     let obj = resource(Some(&before), &[FINALIZER]);
     let expires_at = new.expires_at;
@@ -245,20 +251,21 @@ async fn a_failure_publishes_an_event_and_merges_only_the_condition_and_generati
     let before = previous(&old, None);
     let obj = resource(Some(&before), &[FINALIZER]);
     let error = vaultsync::error::Error::InvalidSpec("spec.output.secret: a bad label".into());
-    let (result, (event, patch)) = tokio::join!(
-        status::report_failure(&obj, &ctx, &error),
-        async {
+    let (result, (event, patch)) =
+        tokio::join!(status::report_failure(&obj, &ctx, &error), async {
             let event = server.answer(201, json!({})).await;
             let patch = server
                 .answer(200, serde_json::to_value(&obj).expect("obj"))
                 .await;
             (event, patch)
-        },
-    );
+        },);
     result.expect("report_failure");
 
     assert_eq!(event.method, "POST", "{event:?}");
-    assert_eq!(event.path, "/apis/events.k8s.io/v1/namespaces/team-a/events");
+    assert_eq!(
+        event.path,
+        "/apis/events.k8s.io/v1/namespaces/team-a/events"
+    );
     assert_eq!(event.body["reason"], "SyncFailed");
     assert_eq!(event.body["type"], "Warning");
     assert_eq!(event.body["regarding"]["kind"], "VaultSecret");
@@ -382,7 +389,10 @@ async fn the_secret_apply_is_controller_owned_and_pinned_to_the_checked_version(
         "vaultsync"
     );
     assert!(metadata["annotations"]["vaultsync.dev/expires-at"].is_string());
-    assert_eq!(metadata["annotations"]["vaultsync.dev/source-version"], "new");
+    assert_eq!(
+        metadata["annotations"]["vaultsync.dev/source-version"],
+        "new"
+    );
     assert_eq!(write.body["type"], "Opaque");
     assert_eq!(
         write.body["data"],

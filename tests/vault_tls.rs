@@ -11,8 +11,8 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use vaultsync::api::VaultSecret;
-use vaultsync::backend::{Backend, Prior};
 use vaultsync::backend::vault::VaultBackend;
+use vaultsync::backend::{Backend, Prior};
 use vaultsync::config::Config;
 
 fn backend(client: &kube::Client, ca_file: Option<&str>) -> VaultBackend {
@@ -60,7 +60,10 @@ async fn tls_settings_come_only_from_the_config_and_failures_say_tls() {
     // while it is written.
     unsafe {
         std::env::set_var("VAULT_SKIP_VERIFY", "true");
-        std::env::set_var("VAULT_CACERT", common::env("K8S_CA_FILE", "Kubernetes control plane"));
+        std::env::set_var(
+            "VAULT_CACERT",
+            common::env("K8S_CA_FILE", "Kubernetes control plane"),
+        );
     }
     let untrusted = backend(&client, None);
     let request = untrusted
@@ -80,7 +83,9 @@ async fn tls_settings_come_only_from_the_config_and_failures_say_tls() {
 
     let ca = common::env("K8S_CA_FILE", "Kubernetes control plane");
     let trusted = backend(&client, Some(&ca));
-    let request = trusted.resolve(&ns, &resource.spec.vault).expect("resolves");
+    let request = trusted
+        .resolve(&ns, &resource.spec.vault)
+        .expect("resolves");
     let error = trusted
         .fetch(&request, prior)
         .await

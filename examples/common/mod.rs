@@ -233,7 +233,6 @@ pub async fn apiserver_writes(client: &Client) -> anyhow::Result<BTreeMap<String
 #[path = "../../tests/e2e/operator.rs"]
 pub mod operator;
 
-pub use operator::ProcStats;
 use operator::{ConfigSpec, Launch, OperatorProcess};
 
 /// The operator under benchmark: the shared process harness, with metrics parsed into

@@ -37,7 +37,10 @@ pub(crate) const SECRET_KEY_MESSAGE: &str =
     "must be a valid Secret key: letters, digits, '-', '_' and '.', at most 253 characters";
 
 /// A map of strings with at most `properties` entries of at most `length` characters each.
-fn bounded_map(properties: u32, length: u32) -> impl Fn(&mut schemars::SchemaGenerator) -> schemars::Schema {
+fn bounded_map(
+    properties: u32,
+    length: u32,
+) -> impl Fn(&mut schemars::SchemaGenerator) -> schemars::Schema {
     move |_| {
         schemars::json_schema!({
             "type": "object",

@@ -11,7 +11,8 @@ use super::common::{
 const NON_EMPTY: &str = "self != ''";
 /// CEL: a Vault mount or role: `/`-separated segments of letters, digits, '.', '_' and
 /// '-', none of them '.' or '..'.
-const VAULT_NAME_RULE: &str = "self.matches('^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$') && !self.matches('(^|/)[.]{1,2}(/|$)')";
+const VAULT_NAME_RULE: &str =
+    "self.matches('^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$') && !self.matches('(^|/)[.]{1,2}(/|$)')";
 const VAULT_NAME_MESSAGE: &str = "must be a Vault mount or role name: segments of letters, digits, '.', '_' and '-' separated by '/', none empty, '.' or '..'";
 /// CEL: a path within a KV mount, without the characters that would change the request.
 const VAULT_PATH_RULE: &str =

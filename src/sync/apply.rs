@@ -102,8 +102,9 @@ pub async fn execute<K: SyncedResource>(
     let mut written = match existing.filter(|_| !plan.replace) {
         // A create fails if someone else created the Secret since ownership was checked.
         None => {
-            let new: Secret = serde_json::from_value(secret)
-                .map_err(|e| Error::InvalidData(format!("cannot build Secret {}: {e}", desired.name)))?;
+            let new: Secret = serde_json::from_value(secret).map_err(|e| {
+                Error::InvalidData(format!("cannot build Secret {}: {e}", desired.name))
+            })?;
             let params = PostParams {
                 field_manager: Some(MANAGER.into()),
                 ..PostParams::default()
@@ -135,7 +136,9 @@ pub async fn execute<K: SyncedResource>(
         // Keys someone else added, and labels or annotations the spec dropped, are removed
         // so the copy is exactly what the spec and the source say.
         let nulls = |keys: &[String]| -> serde_json::Value {
-            keys.iter().map(|k| (k.clone(), serde_json::Value::Null)).collect()
+            keys.iter()
+                .map(|k| (k.clone(), serde_json::Value::Null))
+                .collect()
         };
         // The resourceVersion makes the patch apply to the Secret just written, or fail.
         let mut metadata = json!({"resourceVersion": written.metadata.resource_version});
@@ -170,12 +173,10 @@ pub async fn execute<K: SyncedResource>(
 /// spec's to fix: it becomes `InvalidSpec`, so Ready turns False for this generation.
 fn refused(name: &str, e: kube::Error) -> Error {
     match e {
-        kube::Error::Api(s) if s.code == 400 || s.code == 422 => {
-            Error::InvalidSpec(format!(
-                "the apiserver refused to write Secret {name} ({}): {}; fix spec.output.secret",
-                s.code, s.message
-            ))
-        }
+        kube::Error::Api(s) if s.code == 400 || s.code == 422 => Error::InvalidSpec(format!(
+            "the apiserver refused to write Secret {name} ({}): {}; fix spec.output.secret",
+            s.code, s.message
+        )),
         other => Error::Kube(other),
     }
 }

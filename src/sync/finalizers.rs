@@ -6,9 +6,9 @@ use kube::api::{Api, Patch};
 use serde_json::json;
 
 use super::SyncedResource;
-use crate::ownership::patch_params;
 use crate::context::Context;
 use crate::error::Result;
+use crate::ownership::patch_params;
 
 pub async fn add<K: SyncedResource>(obj: &K, ctx: &Context, name: &str) -> Result<()> {
     let patch = match &obj.meta().finalizers {

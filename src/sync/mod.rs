@@ -138,14 +138,13 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
     // Ownership first: a Secret someone else owns is never read further or touched.
     let existing = apply::existing_secret(obj, ctx, &name).await?;
     let cached = obj.status().cloned().unwrap_or_default();
-    let recorded = if K::Backend::issues(&request)
-        || cached.lease.is_some()
-        || cached.pending_lease.is_some()
-    {
-        status::fresh(obj, ctx).await?
-    } else {
-        cached
-    };
+    let recorded =
+        if K::Backend::issues(&request) || cached.lease.is_some() || cached.pending_lease.is_some()
+        {
+            status::fresh(obj, ctx).await?
+        } else {
+            cached
+        };
     let copy_hmac = existing
         .as_ref()
         .filter(|s| s.data.as_ref().is_some_and(|d| !d.is_empty()))

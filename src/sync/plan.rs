@@ -114,7 +114,9 @@ pub fn plan(existing: Option<&Secret>, desired: &DesiredSecret, inputs: &Inputs<
         .collect();
     let meta_same = current.is_some_and(|s| {
         labels.iter().all(|(k, v)| s.labels().get(k) == Some(v))
-            && annotations.iter().all(|(k, v)| s.annotations().get(k) == Some(v))
+            && annotations
+                .iter()
+                .all(|(k, v)| s.annotations().get(k) == Some(v))
     }) && strip_labels.is_empty()
         && strip_annotations.is_empty();
     let write = match (data_same, meta_same) {
@@ -134,12 +136,18 @@ pub fn plan(existing: Option<&Secret>, desired: &DesiredSecret, inputs: &Inputs<
         if created {
             (
                 "SecretSynced",
-                format!("created Secret {} from version {}", desired.name, inputs.version),
+                format!(
+                    "created Secret {} from version {}",
+                    desired.name, inputs.version
+                ),
             )
         } else {
             (
                 "SecretRotated",
-                format!("updated Secret {} to version {}", desired.name, inputs.version),
+                format!(
+                    "updated Secret {} to version {}",
+                    desired.name, inputs.version
+                ),
             )
         }
     });
@@ -278,7 +286,10 @@ mod tests {
     fn an_edited_label_value_is_put_back() {
         let d = desired("a", &[("team", "x")]);
         let edited = written(&d, json!({"metadata": {"labels": {"team": "evil"}}}));
-        assert_eq!(plan(Some(&edited), &d, &inputs()).write, Some(Write::Metadata));
+        assert_eq!(
+            plan(Some(&edited), &d, &inputs()).write,
+            Some(Write::Metadata)
+        );
     }
 
     #[test]

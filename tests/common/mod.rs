@@ -118,6 +118,12 @@ impl AsRef<str> for NamespaceGuard {
     }
 }
 
+impl AsRef<std::path::Path> for NamespaceGuard {
+    fn as_ref(&self) -> &std::path::Path {
+        self.name.as_ref()
+    }
+}
+
 impl std::fmt::Display for NamespaceGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.name)
@@ -145,7 +151,12 @@ impl std::fmt::Debug for NamespaceGuard {
 impl Drop for NamespaceGuard {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let prefixes = std::mem::take(&mut *self.lease_prefixes.lock().unwrap_or_else(|p| p.into_inner()));
+        let prefixes = std::mem::take(
+            &mut *self
+                .lease_prefixes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -182,7 +193,11 @@ async fn cleanup_namespace(name: &str, lease_prefixes: &[String]) {
                 continue;
             };
             for obj in list.items {
-                if obj.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty())
+                if obj
+                    .metadata
+                    .finalizers
+                    .as_ref()
+                    .is_some_and(|f| !f.is_empty())
                     && let Some(obj_name) = obj.metadata.name.as_deref()
                 {
                     let _ = api

@@ -151,10 +151,18 @@ impl Operator {
             log_format: None,
             extra: options.extra_config.clone(),
         };
-        for (k, v) in [("ttl", "1h"), ("refreshInterval", "30m"), ("minRefreshInterval", "1s")]
-            .into_iter()
-            .chain(options.defaults.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        {
+        for (k, v) in [
+            ("ttl", "1h"),
+            ("refreshInterval", "30m"),
+            ("minRefreshInterval", "1s"),
+        ]
+        .into_iter()
+        .chain(
+            options
+                .defaults
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        ) {
             config.default_value(k, v);
         }
         let mut env = options.env.clone();
@@ -163,7 +171,9 @@ impl Operator {
         }
         let launch = Launch {
             binary: PathBuf::from(env!("CARGO_BIN_EXE_vaultsync")),
-            dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(ns),
+            dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join("e2e")
+                .join(ns),
             config,
             log_level: "debug".into(),
             env,
@@ -237,7 +247,8 @@ impl Operator {
             panic!(
                 "the operator exports no series {series} (renamed?); it exports:\n{}",
                 text.lines()
-                    .filter(|l| !l.starts_with('#') && l.starts_with(series.split('{').next().unwrap_or(series)))
+                    .filter(|l| !l.starts_with('#')
+                        && l.starts_with(series.split('{').next().unwrap_or(series)))
                     .collect::<Vec<_>>()
                     .join("\n")
             )
@@ -705,12 +716,7 @@ pub async fn role_leases(role: &str) -> Vec<String> {
 /// The lease as OpenBao knows it (`sys/leases/lookup`, as root), or `None` when it does
 /// not exist (revoked or expired).
 pub async fn lease_lookup(id: &str) -> Option<serde_json::Value> {
-    let (status, body) = bao_root(
-        "PUT",
-        "sys/leases/lookup",
-        Some(json!({"lease_id": id})),
-    )
-    .await;
+    let (status, body) = bao_root("PUT", "sys/leases/lookup", Some(json!({"lease_id": id}))).await;
     (status == 200).then(|| body["data"].clone())
 }
 
@@ -752,6 +758,7 @@ pub async fn service_account_token(
         .status
         .expect("TokenRequest status")
         .token
+        .expect("TokenRequest token")
 }
 
 /// Logs in to OpenBao as tenant `role` (Kubernetes auth, service account `sa` of `ns`,

@@ -117,12 +117,10 @@ pub fn free_port() -> std::io::Result<u16> {
 /// `vaultsync_secret_writes_total{part="data"}`) in Prometheus text, or `None` when the
 /// text has no such series.
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.trim_end().rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.trim_end().rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
 }
 
 /// Whether the metric family `name` (without `_total`) is exported at all, with or

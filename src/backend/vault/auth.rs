@@ -125,7 +125,8 @@ impl VaultBackend {
                 role_id,
                 secret,
             } => {
-                let secret_id = read_secret_key(&self.kube, namespace, &secret.0, &secret.1).await?;
+                let secret_id =
+                    read_secret_key(&self.kube, namespace, &secret.0, &secret.1).await?;
                 (mount, json!({"role_id": role_id, "secret_id": secret_id}))
             }
             Identity::Token { namespace, secret } => {
@@ -197,7 +198,11 @@ fn cache_entry(answer: &Value) -> Result<CachedToken> {
         .ok_or_else(|| Error::AuthFailed("Vault's login answer holds no token".into()))?;
     let lease_seconds = auth["lease_duration"].as_u64().unwrap_or(0);
     // Tokens without a lease (root-like) are still re-checked hourly.
-    let lease = if lease_seconds == 0 { 3600 } else { lease_seconds };
+    let lease = if lease_seconds == 0 {
+        3600
+    } else {
+        lease_seconds
+    };
     let now = jiff::Timestamp::now();
     Ok(CachedToken {
         token: token.to_string(),

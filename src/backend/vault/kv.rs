@@ -25,7 +25,10 @@ impl VaultBackend {
         }
         let url_path = match (version, kv.version) {
             (1, _) => path(&[kv.mount.as_str(), kv.path.as_str()])?,
-            (_, Some(v)) => format!("{}?version={v}", path(&[kv.mount.as_str(), "data", kv.path.as_str()])?),
+            (_, Some(v)) => format!(
+                "{}?version={v}",
+                path(&[kv.mount.as_str(), "data", kv.path.as_str()])?
+            ),
             (_, None) => path(&[kv.mount.as_str(), "data", kv.path.as_str()])?,
         };
         let mut body = self

@@ -52,7 +52,9 @@ impl VaultBackend {
         let now = Timestamp::now();
         match lease_action(now, current, prior.renewal_percent, prior.copy_intact) {
             LeaseAction::Keep => {
-                let lease = current.cloned().ok_or_else(|| Error::unavailable("no lease"))?;
+                let lease = current
+                    .cloned()
+                    .ok_or_else(|| Error::unavailable("no lease"))?;
                 Ok(Material::Unchanged { lease })
             }
             LeaseAction::Renew => {

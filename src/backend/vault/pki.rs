@@ -29,7 +29,12 @@ impl VaultBackend {
     ) -> Result<Material> {
         let current = prior.lease.filter(|l| is_serial(&l.id));
         match (
-            lease_action(Timestamp::now(), current, prior.renewal_percent, prior.copy_intact),
+            lease_action(
+                Timestamp::now(),
+                current,
+                prior.renewal_percent,
+                prior.copy_intact,
+            ),
             current,
         ) {
             (LeaseAction::Keep, Some(lease)) => Ok(Material::Unchanged {
@@ -139,17 +144,17 @@ impl VaultBackend {
     ) -> Result<()> {
         let token = self.login(request).await?;
         self.call(
-                request,
-                Call {
-                    method: reqwest::Method::PUT,
-                    path: &path(&[pki.mount.as_str(), "revoke"])?,
-                    body: Some(json!({"serial_number": serial})),
-                    token: Some(&token),
-                    operation: "revoke",
-                    what: "the certificate revocation",
-                },
-            )
-            .await
-            .map(|_| ())
+            request,
+            Call {
+                method: reqwest::Method::PUT,
+                path: &path(&[pki.mount.as_str(), "revoke"])?,
+                body: Some(json!({"serial_number": serial})),
+                token: Some(&token),
+                operation: "revoke",
+                what: "the certificate revocation",
+            },
+        )
+        .await
+        .map(|_| ())
     }
 }

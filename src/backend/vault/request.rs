@@ -67,7 +67,9 @@ impl Connection {
 
     /// Sends one request and returns Vault's JSON answer (`Null` for 204).
     pub async fn call(&self, metrics: &Metrics, call: Call<'_>) -> Result<Value> {
-        let result = self.send(call.method, call.path, call.body, call.token, call.what).await;
+        let result = self
+            .send(call.method, call.path, call.body, call.token, call.what)
+            .await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics.backend_request("vault", call.operation, outcome);
         if call.operation == "login" {
@@ -190,7 +192,13 @@ fn transport_error(e: &reqwest::Error) -> String {
         source = err.source();
     }
     let any = |words: &[&str]| chain.iter().any(|c| words.iter().any(|w| c.contains(w)));
-    if any(&["certificate", "tls", "handshake", "unknownissuer", "invalidcertificate"]) {
+    if any(&[
+        "certificate",
+        "tls",
+        "handshake",
+        "unknownissuer",
+        "invalidcertificate",
+    ]) {
         "the TLS handshake failed (is the server's CA in the connection's caFile?)".into()
     } else if e.is_timeout() {
         "timed out".into()
@@ -209,7 +217,10 @@ mod tests {
 
     #[test]
     fn paths_are_validated_and_encoded() {
-        assert_eq!(path(&["secret", "data", "a/b"]).ok(), Some("secret/data/a/b".into()));
+        assert_eq!(
+            path(&["secret", "data", "a/b"]).ok(),
+            Some("secret/data/a/b".into())
+        );
         assert_eq!(
             path(&["secret", "data", "a b?x#y"]).ok(),
             Some("secret/data/a%20b%3Fx%23y".into())
