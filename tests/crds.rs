@@ -153,12 +153,12 @@ fn malformed() -> Vec<(&'static str, Value, &'static str)> {
         (
             "empty kv path",
             vault_secret(json!({"vault": {"kv": {"mount": "secret", "path": ""}}})),
-            "path must name a secret within the mount",
+            "must be a path within the mount",
         ),
         (
             "empty kv mount",
             vault_secret(json!({"vault": {"kv": {"mount": "", "path": "app"}}})),
-            "mount must name a KV mount",
+            "must be a Vault mount or role name",
         ),
         (
             "service-account-token output",
@@ -244,7 +244,7 @@ fn malformed() -> Vec<(&'static str, Value, &'static str)> {
         (
             "empty Kubernetes auth role",
             vault_secret(json!({"vault": {"kv": kv(), "auth": {"kubernetes": {"role": ""}}}})),
-            "role must name a Vault Kubernetes auth role",
+            "must be a Vault mount or role name",
         ),
         (
             "Azure object missing",
