@@ -6,6 +6,7 @@
 //! of any one backend.
 
 pub mod apply;
+pub mod bounds;
 mod finalizers;
 mod lifecycle;
 pub mod plan;

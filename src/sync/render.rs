@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use minijinja::{Environment, UndefinedBehavior};
 
+use super::bounds;
+
 use crate::api::{FORBIDDEN_SECRET_TYPES, SecretTarget};
 use crate::backend::{Fresh, SecretValue};
 use crate::error::{Error, Result};
@@ -16,8 +18,8 @@ use crate::error::{Error, Result};
 pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
 /// Upper bound on one template's source and on one rendered value.
 pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
-/// Template instruction budget: enough for any real connection string, far too little
-/// for a loop meant to burn CPU.
+/// Template instruction budget, shared by all templates of a resource: enough for any real
+/// connection string, far too little for a loop meant to burn CPU.
 const TEMPLATE_FUEL: u64 = 50_000;
 
 /// The Secret the operator wants to exist, before ownership metadata is added.
@@ -87,24 +89,32 @@ fn secret_type(requested: Option<&str>) -> Result<String> {
     }
 }
 
+/// Renders every template of a resource under one budget: each is first proven bounded
+/// (`bounds`), then run with the fuel and output bytes the earlier ones left.
 fn render_templates(
     templates: &BTreeMap<String, String>,
     data: &BTreeMap<String, SecretValue>,
 ) -> Result<BTreeMap<String, SecretValue>> {
     // No loader, no globals beyond the builtins: a template sees only the fetched keys.
     let mut env = Environment::new();
-    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_recursion_limit(20);
     // Values that are not UTF-8 cannot be templated; referring to one is an error.
-    let context: BTreeMap<String, minijinja::Value> = data
+    let text: BTreeMap<String, &str> = data
         .iter()
-        .filter_map(|(k, v)| {
-            let text = std::str::from_utf8(v.expose()).ok()?;
-            Some((k.clone(), minijinja::Value::from(text)))
-        })
+        .filter_map(|(k, v)| Some((k.clone(), std::str::from_utf8(v.expose()).ok()?)))
         .collect();
-    let context = minijinja::Value::from(context);
+    let sizes: BTreeMap<String, u64> = text
+        .iter()
+        .map(|(k, v)| (k.clone(), v.len() as u64))
+        .collect();
+    let context = minijinja::Value::from(
+        text.iter()
+            .map(|(k, v)| (k.clone(), minijinja::Value::from(*v)))
+            .collect::<BTreeMap<String, minijinja::Value>>(),
+    );
+    let mut fuel = TEMPLATE_FUEL;
+    let mut bytes = MAX_SECRET_BYTES;
     let mut out = BTreeMap::new();
     for (key, source) in templates {
         if source.len() > MAX_TEMPLATE_BYTES {
@@ -113,21 +123,31 @@ fn render_templates(
                 source.len()
             )));
         }
-        let rendered = render_one(&env, source, &context).map_err(|failure| match failure {
+        if let Err(refusal) = bounds::check(source, &sizes) {
+            return Err(Error::InvalidSpec(format!(
+                "template for key {key:?} is refused at line {}: {}",
+                refusal.line, refusal.reason
+            )));
+        }
+        env.set_fuel(Some(fuel));
+        let cap = MAX_TEMPLATE_BYTES.min(bytes);
+        let (rendered, used) = render_one(&env, source, &context, cap).map_err(|failure| match failure {
             TemplateFailure::TooLarge => Error::InvalidData(format!(
-                "template for key {key:?} produced more than {MAX_TEMPLATE_BYTES} bytes"
+                "template for key {key:?} produced more than {cap} bytes (at most {MAX_TEMPLATE_BYTES} per key and {MAX_SECRET_BYTES} in all)"
             )),
             // Only the kind and line: minijinja's detail text may quote values.
             TemplateFailure::Engine(e) => {
                 let line = e.line().map(|l| format!(" at line {l}")).unwrap_or_default();
                 let kind = match e.kind() {
                     minijinja::ErrorKind::UndefinedError => "it refers to a key the source does not have (or one that is not UTF-8 text)".to_string(),
-                    minijinja::ErrorKind::OutOfFuel => "it ran out of its computation budget (a loop that is too long?)".to_string(),
+                    minijinja::ErrorKind::OutOfFuel => "it ran out of the computation budget all templates of the resource share (a loop that is too long?)".to_string(),
                     other => other.to_string(),
                 };
                 Error::InvalidSpec(format!("template for key {key:?} failed{line}: {kind}"))
             }
         })?;
+        fuel = fuel.saturating_sub(used);
+        bytes = bytes.saturating_sub(rendered.len() + key.len());
         out.insert(key.clone(), SecretValue::new(rendered));
     }
     Ok(out)
@@ -138,32 +158,41 @@ enum TemplateFailure {
     TooLarge,
 }
 
+/// Renders one template into at most `cap` bytes; returns the output and the fuel used.
 fn render_one(
     env: &Environment<'_>,
     source: &str,
     context: &minijinja::Value,
-) -> std::result::Result<String, TemplateFailure> {
+    cap: usize,
+) -> std::result::Result<(Vec<u8>, u64), TemplateFailure> {
     let template = env
         .template_from_str(source)
         .map_err(TemplateFailure::Engine)?;
-    let mut out = LimitedWriter::default();
+    let mut out = LimitedWriter {
+        cap,
+        ..Default::default()
+    };
     match template.render_captured_to(context.clone(), &mut out) {
-        Ok(_) => Ok(String::from_utf8_lossy(&out.buf).into_owned()),
+        Ok(captured) => {
+            let used = captured.state().fuel_levels().map_or(0, |(used, _)| used);
+            Ok((out.buf, used))
+        }
         Err(_) if out.overflowed => Err(TemplateFailure::TooLarge),
         Err(e) => Err(TemplateFailure::Engine(e)),
     }
 }
 
-/// A writer that stops accepting output past `MAX_TEMPLATE_BYTES`.
+/// A writer that stops accepting output past `cap` bytes.
 #[derive(Default)]
 struct LimitedWriter {
     buf: Vec<u8>,
+    cap: usize,
     overflowed: bool,
 }
 
 impl std::io::Write for LimitedWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if self.buf.len() + data.len() > MAX_TEMPLATE_BYTES {
+        if self.buf.len() + data.len() > self.cap {
             self.overflowed = true;
             return Err(std::io::Error::other("template output too large"));
         }
@@ -360,20 +389,45 @@ mod tests {
         let cases = [
             ("{{ missing }}", "refers to a key the source does not have"),
             (
-                "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+                "{% for i in range(200) %}{% for j in range(200) %}{% endfor %}{% endfor %}",
                 "computation budget",
             ),
-            ("{{ password * 100000 }}", "produced more than"),
-            ("{% include 'x' %}", "failed"),
+            (
+                "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+                "is refused at line 1",
+            ),
+            ("{{ password * 100000 }}", "is refused at line 1"),
+            (
+                "{% include 'x' %}",
+                "no macros, blocks, imports or includes",
+            ),
             ("{{ password | int }}", "failed"),
             ("{{ password + 1 }}", "failed"),
-            ("{{ unclosed", "failed"),
+            ("{{ unclosed", "does not parse"),
         ];
         for (source, expected) in cases {
             let (msg, _) = err_text(render("s", &f, &templated(&[("k", source)])));
             assert!(msg.contains(expected), "{source}: {msg}");
             assert!(!msg.contains(CANARY), "{source} leaked the value: {msg}");
         }
+    }
+
+    #[test]
+    fn all_templates_of_a_resource_share_one_budget() {
+        let f = fetched(&[("password", CANARY)]);
+        // Each loop alone fits the fuel; together they do not.
+        let busy = "{% for i in range(150) %}{% for j in range(100) %}{% endfor %}{% endfor %}";
+        assert!(render("s", &f, &templated(&[("a", busy)])).is_ok());
+        let (msg, reason) = err_text(render("s", &f, &templated(&[("a", busy), ("b", busy)])));
+        assert_eq!(reason, "InvalidSpec");
+        assert!(msg.contains("\"b\"") && msg.contains("budget"), "{msg}");
+        // Output: 17 keys of 64,000 bytes pass the per-key cap but not the Secret's 1 MiB.
+        let wide = "{{ '-' * 64000 }}";
+        let keys: Vec<String> = (0..17).map(|i| format!("k{i:02}")).collect();
+        let many: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), wide)).collect();
+        let (msg, reason) = err_text(render("s", &f, &templated(&many)));
+        assert_eq!(reason, "InvalidData");
+        assert!(msg.contains("\"k16\"") && msg.contains("in all"), "{msg}");
     }
 
     #[test]
