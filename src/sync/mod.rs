@@ -154,6 +154,15 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
     // A copy someone edited or emptied is not kept: static sources rewrite it, issued
     // material is issued anew.
     let copy_intact = copy_hmac.is_some() && copy_hmac == prior.data_hmac;
+    tracing::debug!(
+        kind = K::KIND,
+        name = %obj.name_any(),
+        copy = copy_hmac.is_some(),
+        recorded = prior.data_hmac.is_some(),
+        lease = prior.lease.is_some(),
+        copy_intact,
+        "prior state"
+    );
     let material = backend
         .fetch(
             &request,
@@ -233,6 +242,17 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
             lifetime,
             jitter: rand::random::<f64>(),
         },
+    );
+    tracing::debug!(
+        kind = K::KIND,
+        namespace = obj.meta().namespace.as_deref().unwrap_or_default(),
+        name = %obj.name_any(),
+        write = ?plan.write,
+        replace = plan.replace,
+        restart = plan.restart,
+        stripped_keys = plan.strip_keys.len(),
+        next_refresh_seconds = plan.next_refresh.as_secs(),
+        "planned"
     );
     let reissue = replaced.is_some() && lease.is_some();
     let issued = lease

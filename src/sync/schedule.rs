@@ -143,8 +143,10 @@ pub fn lease_action(
         return LeaseAction::Issue;
     }
     // Status claims more time than the lease's own period allows: only Vault can say
-    // how long it really has, so ask it now.
-    if expires_at > now.saturating_add(signed(duration)).unwrap_or(now) {
+    // how long it really has, so ask it now. Status keeps whole seconds, so a lease read
+    // back from it may claim up to two seconds more than it was issued with.
+    let slack = SignedDuration::from_secs(2);
+    if expires_at > now.saturating_add(signed(duration) + slack).unwrap_or(now) {
         return if renewable {
             LeaseAction::Renew
         } else {
@@ -273,15 +275,20 @@ mod tests {
 
     #[test]
     fn lease_actions() {
-        let leases: Vec<Lease> = [(60, 60, true), (60, 60, false), (3600, 60, true)]
-            .into_iter()
-            .map(|(end, secs, renewable)| Lease {
-                id: "database/creds/app/x".into(),
-                duration: Duration::from_secs(secs),
-                renewable,
-                expires_at: t(end),
-            })
-            .collect();
+        let leases: Vec<Lease> = [
+            (60, 60, true),
+            (60, 60, false),
+            (3600, 60, true),
+            (61, 60, false),
+        ]
+        .into_iter()
+        .map(|(end, secs, renewable)| Lease {
+            id: "database/creds/app/x".into(),
+            duration: Duration::from_secs(secs),
+            renewable,
+            expires_at: t(end),
+        })
+        .collect();
         let lease = |end: i64, _secs: u64, renewable: bool| {
             leases
                 .iter()
@@ -292,6 +299,11 @@ mod tests {
             lease_action(t(0), lease(3600, 60, true), 67, true),
             LeaseAction::Renew,
             "status claims an end beyond the lease's period: ask Vault"
+        );
+        assert_eq!(
+            lease_action(t(0), lease(61, 60, false), 67, true),
+            LeaseAction::Keep,
+            "a second more than the period is whole-second rounding in status, not a forgery"
         );
         assert_eq!(
             lease_action(t(0), lease(60, 60, true), 67, false),

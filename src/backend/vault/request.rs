@@ -67,10 +67,19 @@ impl Connection {
 
     /// Sends one request and returns Vault's JSON answer (`Null` for 204).
     pub async fn call(&self, metrics: &Metrics, call: Call<'_>) -> Result<Value> {
+        let started = std::time::Instant::now();
         let result = self
             .send(call.method, call.path, call.body, call.token, call.what)
             .await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
+        tracing::debug!(
+            connection = %self.name,
+            operation = call.operation,
+            what = call.what,
+            outcome,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "vault request"
+        );
         metrics.backend_request("vault", call.operation, outcome);
         if call.operation == "login" {
             metrics.vault_login(&self.name, outcome);
