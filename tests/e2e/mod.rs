@@ -42,7 +42,8 @@ pub async fn tenant(client: &kube::Client, ns: &str, sa: &str, path_prefix: &str
     let role = format!("{ns}-{sa}");
     let policy = format!(
         "path \"secret/data/{path_prefix}*\" {{ capabilities = [\"read\"] }}\n\
-         path \"kv1/{path_prefix}*\" {{ capabilities = [\"read\"] }}\n"
+         path \"kv1/{path_prefix}*\" {{ capabilities = [\"read\"] }}\n\
+         path \"auth/token/renew-self\" {{ capabilities = [\"update\"] }}\n"
     );
     vaultrs::sys::policy::set(&root, &role, &policy)
         .await
@@ -57,6 +58,9 @@ pub async fn tenant(client: &kube::Client, ns: &str, sa: &str, path_prefix: &str
                 .bound_service_account_namespaces(vec![ns.to_string()])
                 .audience("vault")
                 .token_policies(vec![role.clone()])
+                // As the README advises: Vault's `default` policy would let the token
+                // renew any lease whose id it knows (`sys/leases/renew`, id in the body).
+                .token_no_default_policy(true)
                 .token_ttl("10m"),
         ),
     )
@@ -463,6 +467,7 @@ pub async fn dynamic_policy(role: &str, ns: &str) {
          path \"database/creds/{ns}\" {{ capabilities = [\"read\"] }}\n\
          path \"sys/leases/renew/database/creds/{ns}/*\" {{ capabilities = [\"update\"] }}\n\
          path \"sys/leases/revoke/database/creds/{ns}/*\" {{ capabilities = [\"update\"] }}\n\
+         path \"auth/token/renew-self\" {{ capabilities = [\"update\"] }}\n\
          path \"pki/issue/web\" {{ capabilities = [\"update\"] }}\n\
          path \"pki/revoke\" {{ capabilities = [\"update\"] }}\n"
     );

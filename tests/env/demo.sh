@@ -209,12 +209,13 @@ path "secret/data/$NS/*"         { capabilities = ["read"] }
 path "database/creds/$DB_ROLE"   { capabilities = ["read"] }
 path "sys/leases/renew/database/creds/$DB_ROLE/*"   { capabilities = ["update"] }
 path "sys/leases/revoke/database/creds/$DB_ROLE/*"  { capabilities = ["update"] }
+path "auth/token/renew-self"     { capabilities = ["update"] }
 EOF
   # `app` for the samples that set spec.vault.auth; `default` for vaultsecret-kv.yaml, which
   # relies on the config's defaultAuth (role "{namespace}", service account default).
   run bao write -format=json auth/kubernetes/role/"$NS" \
     bound_service_account_names=app,default bound_service_account_namespaces="$NS" \
-    audience=vault token_policies="$NS" token_ttl=10m >/dev/null ||
+    audience=vault token_policies="$NS" token_no_default_policy=true token_ttl=10m >/dev/null ||
     fail "writing the Kubernetes auth role $NS failed (is auth/kubernetes configured? make env-down && make env-up)"
   say "role $NS: Kubernetes auth for service accounts $NS/app and $NS/default, audience vault, policy $NS"
 
