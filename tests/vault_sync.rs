@@ -692,7 +692,7 @@ async fn hostile_payloads_fail_closed_and_do_not_block_others() {
         ("badkey", "InvalidData"),
         ("many", "InvalidData"),
         ("loop", "InvalidSpec"),
-        ("bomb", "InvalidData"),
+        ("bomb", "InvalidSpec"),
         ("badtls", "InvalidData"),
     ] {
         wait_ready(&client, &ns, "VaultSecret", name, "False", reason).await;
