@@ -61,10 +61,37 @@ pub struct Config {
     /// Leader election among replicas; off for a single process.
     #[serde(default)]
     pub leader_election: LeaderElection,
+    /// The admission webhook that refuses resources referencing what their writer may not
+    /// use (see the README's security section).
+    #[serde(default)]
+    pub admission: Admission,
     #[serde(default)]
     pub vault: BTreeMap<String, VaultConnection>,
     #[serde(default)]
     pub azure: BTreeMap<String, AzureConnection>,
+}
+
+/// The validating admission webhook, served over TLS by every replica. Off by default for
+/// a process run by hand; the Helm chart and the kustomize base turn it on and register
+/// it. Turn it off only where every namespace user may read every Secret of their
+/// namespace anyway.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Admission {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Where to serve `POST /validate`.
+    #[serde(default = "default_admission_address")]
+    pub address: Option<SocketAddr>,
+    /// PEM certificate (with chain) and key the webhook serves with.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+fn default_admission_address() -> Option<SocketAddr> {
+    "0.0.0.0:9443".parse().ok()
 }
 
 /// Leader election through a `coordination.k8s.io` Lease in the operator's namespace:
@@ -331,6 +358,14 @@ impl Config {
             return Err(invalid(
                 "defaults.minRefreshInterval",
                 "must not exceed defaults.refreshInterval",
+            ));
+        }
+        if self.admission.enabled
+            && (self.admission.cert_file.is_none() || self.admission.key_file.is_none())
+        {
+            return Err(invalid(
+                "admission",
+                "enabled needs certFile and keyFile (the webhook is served over TLS)",
             ));
         }
         if self.leader_election.lease_duration < Duration::from_secs(2) {

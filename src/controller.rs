@@ -205,6 +205,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ready.clone(),
     ));
 
+    let webhook = match (&config.admission.cert_file, &config.admission.key_file) {
+        (Some(cert), Some(key)) if config.admission.enabled => {
+            let address = config
+                .admission
+                .address
+                .ok_or_else(|| anyhow::anyhow!("admission.address is not set"))?;
+            let (cert, key) = (cert.clone(), key.clone());
+            let (client, config) = (client.clone(), config.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::admission::serve(address, &cert, &key, client, config).await
+                {
+                    tracing::error!(error = %e, "the admission webhook stopped");
+                }
+            }))
+        }
+        _ => None,
+    };
+
     wait_for_crds(&client).await?;
     // A standby is ready too: it serves health and takes over when the leader goes.
     ready.store(true, Ordering::SeqCst);
@@ -271,5 +289,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     collector.abort();
     server.abort();
+    if let Some(webhook) = webhook {
+        webhook.abort();
+    }
     result
 }

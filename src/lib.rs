@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 //! vaultsync: syncs short-lived, owner-referenced Secrets from external vaults.
 
+pub mod admission;
 pub mod api;
 pub mod backend;
 pub mod check;

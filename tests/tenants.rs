@@ -180,3 +180,225 @@ async fn data_written_under_the_operators_field_manager_is_still_repaired() {
     );
     e2e::assert_no_leak(&client, &ns, &op, &[&original]).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The admission check: the operator does for a tenant only what the tenant's writer could do
+
+/// A client that acts as `user` (impersonated by the admin credential of the environment).
+async fn client_as(user: &str) -> kube::Client {
+    let mut config = kube::Config::infer().await.expect("kubeconfig");
+    config.auth_info.impersonate = Some(user.to_string());
+    kube::Client::try_from(config).expect("client")
+}
+
+/// The webhook registered by URL on loopback, for this namespace only, removed on drop.
+struct Registered {
+    name: String,
+}
+
+impl Registered {
+    async fn new(client: &kube::Client, ns: &str, port: u16) -> Self {
+        use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+        let ca = std::fs::read(common::env("K8S_CA_FILE", "Kubernetes control plane")).expect("ca");
+        let name = format!("vaultsync-{ns}");
+        let config: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "webhooks": [{
+                "name": "references.vaultsync.dev",
+                "clientConfig": {
+                    "url": format!("https://127.0.0.1:{port}/validate"),
+                    "caBundle": k8s_openapi::ByteString(ca),
+                },
+                "rules": [{
+                    "apiGroups": ["vaultsync.dev"], "apiVersions": ["*"],
+                    "operations": ["CREATE", "UPDATE"],
+                    "resources": ["vaultsecrets", "azurekeyvaultsecrets"],
+                }],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10,
+            }],
+        }))
+        .expect("webhook configuration");
+        Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .create(&PostParams::default(), &config)
+            .await
+            .expect("register the webhook");
+        Registered { name }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ =
+            std::thread::spawn(move || {
+                tokio::runtime::Runtime::new().expect("runtime").block_on(async move {
+                use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+                let client = common::client().await;
+                let _ = Api::<ValidatingWebhookConfiguration>::all(client)
+                    .delete(&name, &Default::default())
+                    .await;
+            })
+            })
+            .join();
+    }
+}
+
+#[tokio::test]
+async fn a_user_cannot_make_the_operator_read_a_secret_they_may_not_read() {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let (client, ns, role, original) = seeded("e2e-deputy", "deputy").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    for name in ["mine", "admin-token"] {
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(
+                    json!({"metadata": {"name": name}, "stringData": {"id": "x"}}),
+                )
+                .expect("secret"),
+            )
+            .await
+            .expect("secret");
+    }
+    let alice = format!("alice-{ns}");
+    let rbac: Role = serde_json::from_value(json!({
+        "metadata": {"name": "writer"},
+        "rules": [
+            {"apiGroups": ["vaultsync.dev"], "resources": ["vaultsecrets"],
+             "verbs": ["get", "list", "create", "update", "patch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mine"], "verbs": ["get"]},
+        ],
+    }))
+    .expect("role");
+    Api::<Role>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &rbac)
+        .await
+        .expect("role");
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "writer"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "writer"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": alice}],
+    }))
+    .expect("binding");
+    Api::<RoleBinding>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("binding");
+
+    // The webhook serves with the environment's apiserver certificate (CA-signed, for
+    // 127.0.0.1): the apiserver verifies it against caBundle like any webhook.
+    let pki = std::path::PathBuf::from(common::env("K8S_CA_FILE", "Kubernetes control plane"))
+        .parent()
+        .expect("pki dir")
+        .to_path_buf();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let op = Operator::start_with(
+        &ns,
+        e2e::OperatorOptions::default().extra(&format!(
+            "admission:\n  enabled: true\n  address: 127.0.0.1:{port}\n  certFile: {}\n  keyFile: {}\n",
+            pki.join("apiserver.crt").display(),
+            pki.join("apiserver.key").display()
+        )),
+    )
+    .await;
+    let _registered = Registered::new(&client, &ns, port).await;
+
+    let as_alice: Api<kube::core::DynamicObject> = Api::namespaced_with(
+        client_as(&alice).await,
+        &ns,
+        &kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+            "vaultsync.dev",
+            "v1alpha1",
+            "VaultSecret",
+        )),
+    );
+    let approle = |name: &str, secret: &str| -> kube::core::DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret",
+            "metadata": {"name": name},
+            "spec": {"vault": {
+                "auth": {"appRole": {"roleId": "r", "secretIdRef": {"name": secret, "key": "id"}}},
+                "kv": {"mount": "secret", "path": format!("{ns}/app")},
+            }},
+        }))
+        .expect("resource")
+    };
+    let refused = common::wait_until(Duration::from_secs(30), "the webhook to answer", || {
+        let api = as_alice.clone();
+        let obj = approle("steal", "admin-token");
+        async move {
+            match api.create(&PostParams::default(), &obj).await {
+                Err(kube::Error::Api(s))
+                    if s.code != 500 || !s.message.contains("connection refused") =>
+                {
+                    Some(s)
+                }
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(refused.code, 403, "{refused:?}");
+    assert!(
+        refused.message.contains(&alice)
+            && refused
+                .message
+                .contains("may not get secrets \"admin-token\"")
+            && refused.message.contains("secretIdRef"),
+        "the refusal says who, what and which field: {}",
+        refused.message
+    );
+    // What alice may read herself, she may reference.
+    as_alice
+        .create(&PostParams::default(), &approle("allowed", "mine"))
+        .await
+        .expect("a reference alice may use is admitted");
+    // Nor can an update swap in a reference she may not use.
+    let mut swapped = as_alice.get("allowed").await.expect("get");
+    swapped.data["spec"]["vault"]["auth"]["appRole"]["secretIdRef"]["name"] = json!("admin-token");
+    let err = as_alice
+        .replace("allowed", &PostParams::default(), &swapped)
+        .await
+        .expect_err("an update to a forbidden reference is refused");
+    assert!(err.to_string().contains("admin-token"), "{err}");
+    // Kubernetes auth as a service account alice may not request tokens for.
+    let kubernetes_auth: kube::core::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret",
+        "metadata": {"name": "as-app"},
+        "spec": {"vault": {
+            "auth": {"kubernetes": {"role": role, "serviceAccountName": "app"}},
+            "kv": {"mount": "secret", "path": format!("{ns}/app")},
+        }},
+    }))
+    .expect("resource");
+    let err = as_alice
+        .create(&PostParams::default(), &kubernetes_auth)
+        .await
+        .expect_err("tokens of a service account alice may not impersonate");
+    assert!(
+        err.to_string()
+            .contains("create serviceaccounts/token \"app\""),
+        "{err}"
+    );
+    // The cluster admin, who may, is admitted.
+    apply(
+        &client,
+        &ns,
+        &vault_secret(
+            "admin-made",
+            &role,
+            &format!("kv: {{mount: secret, path: {ns}/app}}"),
+            "",
+        ),
+    )
+    .await;
+    wait_ready(&client, &ns, "VaultSecret", "admin-made", "True", "Synced").await;
+    e2e::assert_no_leak(&client, &ns, &op, &[&original]).await;
+}
