@@ -80,6 +80,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.azure }}
 {{- $_ := set $config "azure" .Values.azure }}
 {{- end }}
+{{- if .Values.admission.enabled }}
+{{- $_ := set $config "admission" (dict "enabled" true "address" (printf "0.0.0.0:%d" (int .Values.admission.port)) "certFile" "/etc/vaultsync/tls/tls.crt" "keyFile" "/etc/vaultsync/tls/tls.key") }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}
 
