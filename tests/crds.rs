@@ -113,6 +113,8 @@ fn akv_object() -> Value {
 
 /// Each malformed manifest, and a part of the message that must tell a person what to fix.
 fn malformed() -> Vec<(&'static str, Value, &'static str)> {
+    let many_labels: serde_json::Map<String, Value> =
+        (0..65).map(|i| (format!("l{i}"), json!("v"))).collect();
     vec![
         (
             "no source",
@@ -159,6 +161,36 @@ fn malformed() -> Vec<(&'static str, Value, &'static str)> {
             "empty kv mount",
             vault_secret(json!({"vault": {"kv": {"mount": "", "path": "app"}}})),
             "must be a Vault mount or role name",
+        ),
+        (
+            "kv path escaping the mount",
+            vault_secret(json!({"vault": {"kv": {"mount": "secret", "path": "../sys/raw"}}})),
+            "must be a path within the mount",
+        ),
+        (
+            "kv path with a query",
+            vault_secret(json!({"vault": {"kv": {"mount": "secret", "path": "app?version=1"}}})),
+            "must be a path within the mount",
+        ),
+        (
+            "service account name that is not DNS-1123",
+            vault_secret(
+                json!({"vault": {"auth": {"kubernetes": {"role": "r", "serviceAccountName": "../admin"}},
+                                          "kv": {"mount": "secret", "path": "app"}}}),
+            ),
+            "serviceAccountName",
+        ),
+        (
+            "invalid label key",
+            vault_secret(json!({"vault": {"kv": {"mount": "secret", "path": "app"}},
+                                "output": {"secret": {"labels": {"bad key!": "v"}}}})),
+            "valid Kubernetes label",
+        ),
+        (
+            "too many labels",
+            vault_secret(json!({"vault": {"kv": {"mount": "secret", "path": "app"}},
+                                "output": {"secret": {"labels": many_labels}}})),
+            "must have at most 64 items",
         ),
         (
             "service-account-token output",
