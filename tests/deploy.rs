@@ -6,9 +6,9 @@
 //! - The CRDs shipped are the generated `crds/`, byte for byte.
 //! - Both render and pass a server-side dry run.
 //! - The chart's RBAC is enough: the operator runs under a token of the chart's
-//!   ServiceAccount, bound only to the chart's Roles, and syncs, rotates, repairs,
-//!   collects and records Events; and the namespaced scope grants nothing outside the
-//!   listed namespaces.
+//!   ServiceAccount, bound only to the chart's Roles and fenced by the chart's guardrails
+//!   (ValidatingAdmissionPolicies), and syncs, rotates, repairs, collects and records
+//!   Events; and the namespaced scope grants nothing outside the listed namespaces.
 //!
 //! helm and kubectl come from `make env-up` (PATH from target/env/env.sh); a missing
 //! one fails the test with the fix, never skips it.
@@ -740,6 +740,14 @@ impl Drop for Cleanup {
             .args(["delete", "clusterrole,clusterrolebinding", "-l", &selector])
             .args(["--ignore-not-found", "--wait=false"])
             .output();
+        let _ = kubectl()
+            .args([
+                "delete",
+                "validatingadmissionpolicy,validatingadmissionpolicybinding",
+            ])
+            .args(["-l", &selector])
+            .args(["--ignore-not-found", "--wait=false"])
+            .output();
         for ns in &self.namespaces {
             // After a failure the operator is gone (it is dropped first), so finalizers it
             // added would hold the namespace in Terminating: take them off.
@@ -894,12 +902,22 @@ async fn the_manifests_pass_a_server_dry_run() {
     common::delete_namespace(&client, &ns).await;
 }
 
-/// Applies the chart's ServiceAccount and RBAC objects (nothing else) as the admin.
+/// Applies the chart's ServiceAccount, RBAC objects and guardrails (ValidatingAdmissionPolicies
+/// bound to that ServiceAccount; nothing else) as the admin, so the operator runs inside
+/// the guardrails too.
 async fn apply_rbac(client: &kube::Client, objects: &[Value]) {
     for object in objects.iter().filter(|o| {
         matches!(
             o["kind"].as_str(),
-            Some("ServiceAccount" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding")
+            Some(
+                "ServiceAccount"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "Role"
+                    | "RoleBinding"
+                    | "ValidatingAdmissionPolicy"
+                    | "ValidatingAdmissionPolicyBinding"
+            )
         )
     }) {
         let kind = object["kind"].as_str().expect("kind");
@@ -1048,6 +1066,31 @@ async fn operator_runs_with_the_chart_rbac(scope: &str) {
             && !can(&operator_client, "get", "", "configmaps", Some(&ns), None).await,
         "the token carries only the chart's permissions"
     );
+    // The chart's guardrails are in effect before the operator starts: a (dry-run) create
+    // of a Secret not labelled managed-by vaultsync is refused.
+    let probe: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "guardrail-probe"}})).expect("secret");
+    common::wait_until(
+        Duration::from_secs(30),
+        "the chart's guardrails to refuse the operator an unlabelled Secret",
+        || {
+            let secrets: Api<Secret> = Api::namespaced(operator_client.clone(), &ns);
+            let probe = probe.clone();
+            async move {
+                let pp = PostParams {
+                    dry_run: true,
+                    ..PostParams::default()
+                };
+                match secrets.create(&pp, &probe).await {
+                    Err(kube::Error::Api(s)) if s.message.contains("vaultsync guardrail:") => {
+                        Some(())
+                    }
+                    _ => None,
+                }
+            }
+        },
+    )
+    .await;
 
     let role = tenant(&admin, &ns, "app", &format!("{ns}/")).await;
     e2e::dynamic_policy(&role, &ns).await;
