@@ -61,6 +61,10 @@ pub struct Config {
     /// Leader election among replicas; off for a single process.
     #[serde(default)]
     pub leader_election: LeaderElection,
+    /// How often the operator forgets the cached state (Vault tokens, which it revokes,
+    /// failure counts, metric series) of resources that are gone.
+    #[serde(default = "default_housekeeping_interval", with = "duration")]
+    pub housekeeping_interval: Duration,
     /// The admission webhook that refuses resources referencing what their writer may not
     /// use (see the README's security section).
     #[serde(default)]
@@ -88,6 +92,10 @@ pub struct Admission {
     pub cert_file: Option<PathBuf>,
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+}
+
+fn default_housekeeping_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_admission_address() -> Option<SocketAddr> {
@@ -367,6 +375,9 @@ impl Config {
                 "admission",
                 "enabled needs certFile and keyFile (the webhook is served over TLS)",
             ));
+        }
+        if self.housekeeping_interval < Duration::from_secs(1) {
+            return Err(invalid("housekeepingInterval", "must be at least 1s"));
         }
         if self.leader_election.lease_duration < Duration::from_secs(2) {
             return Err(invalid(

@@ -73,6 +73,18 @@ impl Context {
         failures.remove(&Self::key(obj));
     }
 
+    /// Forgets the failure counts of resources of kind `K` not among `live` (namespace,
+    /// name): resources that are gone.
+    pub fn retain_backoff<K: SyncedResource>(
+        &self,
+        live: &std::collections::HashSet<(String, String)>,
+    ) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.retain(|(kind, ns, name), _| {
+            *kind != K::KIND || live.contains(&(ns.clone(), name.clone()))
+        });
+    }
+
     /// Remembers the version of a Secret the operator just wrote.
     pub fn record_write(&self, namespace: &str, name: &str, resource_version: Option<String>) {
         let mut writes = self.own_writes.lock().unwrap_or_else(|p| p.into_inner());

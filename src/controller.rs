@@ -117,6 +117,7 @@ fn controller_for<K: SyncedResource>(
     namespace: Option<&str>,
     stores: &mut Vec<Store<PartialObjectMeta<Secret>>>,
     owners: &mut Vec<Owners>,
+    resources: &mut Vec<Store<DeserializeGuard<K>>>,
 ) -> impl std::future::Future<Output = ()> + Send + use<K> {
     let client = ctx.client.clone();
     let (objects, secrets) = match namespace {
@@ -169,6 +170,7 @@ fn controller_for<K: SyncedResource>(
         .reflect(object_writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
+    resources.push(object_reader.clone());
     let known = object_reader.clone();
     owners.push(Box::new(move || {
         known
@@ -254,15 +256,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .collect()
     };
     let mut controllers = Vec::new();
+    let mut vault_secrets = Vec::new();
     for scope in &scopes {
         controllers.push(controller_for::<VaultSecret>(
             ctx.clone(),
             scope.as_deref(),
             &mut stores,
             &mut owners,
+            &mut vault_secrets,
         ));
     }
     let collector = tokio::spawn(crate::expiry::run_collector(ctx.clone(), stores, owners));
+    let janitor = tokio::spawn(crate::janitor::run(ctx.clone(), vault_secrets));
     tracing::info!(scopes = ?scopes, "vaultsync controllers started");
 
     let controllers = future::join_all(controllers);
@@ -288,6 +293,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     tracing::info!("shutting down");
     collector.abort();
+    janitor.abort();
     server.abort();
     if let Some(webhook) = webhook {
         webhook.abort();

@@ -56,6 +56,9 @@ pub struct Metrics {
     secret_writes: Family<WriteLabels, Counter>,
     pub managed_secrets: Gauge,
     expiry: Family<SecretLabels, Gauge<f64, AtomicU64>>,
+    /// The series of `expiry` that exist, so those of Secrets that are gone can be
+    /// dropped (the family cannot be listed).
+    expiry_series: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     pub queue_depth: Gauge,
 }
 
@@ -121,6 +124,7 @@ impl Default for Metrics {
             secret_writes,
             managed_secrets,
             expiry,
+            expiry_series: Default::default(),
             queue_depth,
         }
     }
@@ -165,6 +169,10 @@ impl Metrics {
     }
 
     pub fn set_expiry(&self, namespace: &str, secret: &str, unix_seconds: f64) {
+        self.expiry_series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((namespace.into(), secret.into()));
         self.expiry
             .get_or_create(&SecretLabels {
                 namespace: namespace.into(),
@@ -174,10 +182,31 @@ impl Metrics {
     }
 
     pub fn clear_expiry(&self, namespace: &str, secret: &str) {
+        self.expiry_series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(namespace.into(), secret.into()));
         self.expiry.remove(&SecretLabels {
             namespace: namespace.into(),
             secret: secret.into(),
         });
+    }
+
+    /// Drops the expiry series of every Secret not in `live` (namespace, name).
+    pub fn retain_expiry(&self, live: &std::collections::HashSet<(String, String)>) {
+        let gone: Vec<(String, String)> = {
+            let mut series = self.expiry_series.lock().unwrap_or_else(|p| p.into_inner());
+            let gone = series
+                .iter()
+                .filter(|k| !live.contains(*k))
+                .cloned()
+                .collect();
+            series.retain(|k| live.contains(k));
+            gone
+        };
+        for (namespace, secret) in gone {
+            self.expiry.remove(&SecretLabels { namespace, secret });
+        }
     }
 
     /// The text exposition format.

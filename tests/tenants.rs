@@ -402,3 +402,59 @@ async fn a_user_cannot_make_the_operator_read_a_secret_they_may_not_read() {
     wait_ready(&client, &ns, "VaultSecret", "admin-made", "True", "Synced").await;
     e2e::assert_no_leak(&client, &ns, &op, &[&original]).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Bounded state: what the operator keeps for a resource goes with it
+
+const TOKEN_REVOKED: &str =
+    "vaultsync_backend_requests_total{backend=\"vault\",operation=\"revoke_token\",outcome=\"ok\"}";
+const LOGINS: &str = "vaultsync_vault_logins_total{connection=\"default\",outcome=\"ok\"}";
+
+#[tokio::test]
+async fn a_deleted_resource_leaves_no_token_no_series_and_no_cache_behind() {
+    let (client, ns, role, original) = seeded("e2e-housekeeping", "housekeeping").await;
+    let op = Operator::start_with(
+        &ns,
+        e2e::OperatorOptions::default().extra("housekeepingInterval: 1s\n"),
+    )
+    .await;
+    let source = format!("kv: {{mount: secret, path: {ns}/app}}");
+    apply(&client, &ns, &vault_secret("app", &role, &source, "")).await;
+    wait_ready(&client, &ns, "VaultSecret", "app", "True", "Synced").await;
+    let series =
+        format!("vaultsync_secret_expiry_timestamp_seconds{{namespace=\"{ns}\",secret=\"app\"}}");
+    assert!(
+        op.metric(&series).await.is_some(),
+        "the copy's expiry series exists"
+    );
+    let logins = op.present_metric(LOGINS).await;
+    assert!(
+        op.metric(TOKEN_REVOKED).await.is_none(),
+        "no token revoked yet"
+    );
+
+    e2e::vault_secrets(&client, &ns)
+        .delete("app", &Default::default())
+        .await
+        .expect("delete");
+    common::wait_until(
+        Duration::from_secs(30),
+        "the unused token to be revoked and the expiry series dropped",
+        || {
+            let (op, series) = (&op, &series);
+            async move {
+                let revoked = op.metric(TOKEN_REVOKED).await.is_some_and(|v| v >= 1.0);
+                (revoked && op.metric(series).await.is_none()).then_some(())
+            }
+        },
+    )
+    .await;
+    // The identity's token is gone from the cache too: a new resource logs in afresh.
+    apply(&client, &ns, &vault_secret("again", &role, &source, "")).await;
+    wait_ready(&client, &ns, "VaultSecret", "again", "True", "Synced").await;
+    assert!(
+        op.present_metric(LOGINS).await > logins,
+        "a fresh login, not the revoked token"
+    );
+    e2e::assert_no_leak(&client, &ns, &op, &[&original]).await;
+}

@@ -126,6 +126,11 @@ pub trait Backend: Send + Sync + 'static {
         prior: Prior<'_>,
     ) -> impl Future<Output = Result<Material>> + Send;
 
+    /// Forgets what the backend caches for anything not among `live`, the requests of the
+    /// resources that exist now (tokens, detected mount versions), and gives back what it
+    /// holds for them (revokes their tokens), so per-process state follows the resources.
+    fn retain(&self, live: &[Self::Request]) -> impl Future<Output = ()> + Send;
+
     /// Releases a lease recorded in status (revokes credentials, or a certificate when
     /// the request asks for that). A lease that is not this resource's to release is left
     /// alone and reported as `Ok`.

@@ -43,7 +43,8 @@ pub async fn tenant(client: &kube::Client, ns: &str, sa: &str, path_prefix: &str
     let policy = format!(
         "path \"secret/data/{path_prefix}*\" {{ capabilities = [\"read\"] }}\n\
          path \"kv1/{path_prefix}*\" {{ capabilities = [\"read\"] }}\n\
-         path \"auth/token/renew-self\" {{ capabilities = [\"update\"] }}\n"
+         path \"auth/token/renew-self\" {{ capabilities = [\"update\"] }}\n\
+         path \"auth/token/revoke-self\" {{ capabilities = [\"update\"] }}\n"
     );
     vaultrs::sys::policy::set(&root, &role, &policy)
         .await
@@ -468,6 +469,7 @@ pub async fn dynamic_policy(role: &str, ns: &str) {
          path \"sys/leases/renew/database/creds/{ns}/*\" {{ capabilities = [\"update\"] }}\n\
          path \"sys/leases/revoke/database/creds/{ns}/*\" {{ capabilities = [\"update\"] }}\n\
          path \"auth/token/renew-self\" {{ capabilities = [\"update\"] }}\n\
+         path \"auth/token/revoke-self\" {{ capabilities = [\"update\"] }}\n\
          path \"pki/issue/web\" {{ capabilities = [\"update\"] }}\n\
          path \"pki/revoke\" {{ capabilities = [\"update\"] }}\n"
     );

@@ -210,6 +210,7 @@ path "database/creds/$DB_ROLE"   { capabilities = ["read"] }
 path "sys/leases/renew/database/creds/$DB_ROLE/*"   { capabilities = ["update"] }
 path "sys/leases/revoke/database/creds/$DB_ROLE/*"  { capabilities = ["update"] }
 path "auth/token/renew-self"     { capabilities = ["update"] }
+path "auth/token/revoke-self"    { capabilities = ["update"] }
 EOF
   # `app` for the samples that set spec.vault.auth; `default` for vaultsecret-kv.yaml, which
   # relies on the config's defaultAuth (role "{namespace}", service account default).

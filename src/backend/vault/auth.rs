@@ -181,6 +181,67 @@ impl VaultBackend {
         slot.lock().await.as_ref().and_then(|c| c.expires_at)
     }
 
+    /// Drops the cached tokens of identities no live request uses, and revokes those
+    /// tokens (`auth/token/revoke-self`), so neither the cache nor Vault keeps a token
+    /// nobody needs. A failed revocation is logged; the token then ends with its TTL.
+    pub(super) async fn retain_tokens(&self, live: &[VaultRequest]) {
+        let live: std::collections::HashSet<(&str, &Identity)> = live
+            .iter()
+            .map(|r| (r.connection.as_str(), &r.identity))
+            .collect();
+        let gone: Vec<((String, Identity), TokenSlot)> = {
+            let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            let unused: std::collections::HashSet<(String, Identity)> = tokens
+                .keys()
+                .filter(|(c, i)| !live.contains(&(c.as_str(), i)))
+                .cloned()
+                .collect();
+            // Unused at two passes in a row: a resource created between the snapshot of
+            // live resources and this pass is never left with a revoked token.
+            let mut before = self.unused_tokens.lock().unwrap_or_else(|p| p.into_inner());
+            let gone_keys: Vec<(String, Identity)> = unused
+                .iter()
+                .filter(|k| before.contains(*k))
+                .cloned()
+                .collect();
+            *before = unused;
+            for k in &gone_keys {
+                before.remove(k);
+            }
+            gone_keys
+                .into_iter()
+                .filter_map(|k| tokens.remove(&k).map(|slot| (k, slot)))
+                .collect()
+        };
+        for ((connection, identity), slot) in gone {
+            let cached = slot.lock().await.take();
+            // A static token belongs to its Secret's owner: it is forgotten, never revoked.
+            let Some(cached) = cached.filter(|_| !matches!(identity, Identity::Token { .. }))
+            else {
+                continue;
+            };
+            let Ok(conn) = self.connection(&connection) else {
+                continue;
+            };
+            let revoked = conn
+                .call(
+                    &self.metrics,
+                    Call {
+                        method: reqwest::Method::POST,
+                        path: "auth/token/revoke-self",
+                        body: Some(json!({})),
+                        token: Some(&cached.token),
+                        operation: "revoke_token",
+                        what: "the revocation of an unused token",
+                    },
+                )
+                .await;
+            if let Err(e) = revoked {
+                tracing::info!(identity = %identity.describe(), error = %e, "could not revoke an unused Vault token; it ends with its TTL");
+            }
+        }
+    }
+
     /// Drops the cached token of an identity, after Vault refused it or before a login
     /// that must be fresh.
     pub(super) fn forget(&self, request: &VaultRequest) {

@@ -48,6 +48,8 @@ pub struct VaultBackend {
     kube: kube::Client,
     connections: BTreeMap<String, Connection>,
     tokens: Mutex<HashMap<(String, Identity), auth::TokenSlot>>,
+    /// Identities whose token no resource used at the last `retain`.
+    unused_tokens: Mutex<std::collections::HashSet<(String, Identity)>>,
     kv_versions: Mutex<HashMap<(String, String), u8>>,
     metrics: Arc<Metrics>,
 }
@@ -63,6 +65,7 @@ impl VaultBackend {
             kube,
             connections,
             tokens: Mutex::default(),
+            unused_tokens: Mutex::default(),
             kv_versions: Mutex::default(),
             metrics,
         })
@@ -188,6 +191,21 @@ impl Backend for VaultBackend {
             self.forget(request);
         }
         result
+    }
+
+    async fn retain(&self, live: &[VaultRequest]) {
+        let mounts: std::collections::HashSet<(String, String)> = live
+            .iter()
+            .filter_map(|r| match &r.source {
+                Source::Kv(kv) => Some((r.connection.clone(), kv.mount.clone())),
+                _ => None,
+            })
+            .collect();
+        self.kv_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, _| mounts.contains(key));
+        self.retain_tokens(live).await;
     }
 
     async fn release(&self, request: &VaultRequest, lease: &Lease) -> Result<()> {

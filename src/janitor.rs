@@ -1,0 +1,70 @@
+//! Per-process state follows the resources: a periodic pass forgets the failure counts,
+//! cached backend state (Vault tokens, which are also revoked; detected mount versions)
+//! and metric series of resources that are gone, so creating and deleting resources,
+//! namespaces included, leaves the operator's memory where it was.
+//!
+//! The live set comes from the controllers' own watch caches; backend state is matched
+//! through `Backend::resolve`, which is pure, so no request is made to find it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::Store;
+
+use crate::api::VaultSecret;
+use crate::backend::Backend;
+use crate::context::Context;
+use crate::sync::{SyncedResource, secret_name};
+
+/// One pass for kind `K` over `stores` (one per watched scope): forgets what belongs to
+/// resources that are gone, and returns the managed Secrets (namespace, name) of the
+/// live ones.
+pub async fn sweep<K: SyncedResource>(
+    ctx: &Context,
+    stores: &[Store<DeserializeGuard<K>>],
+) -> HashSet<(String, String)> {
+    let objects: Vec<K> = stores
+        .iter()
+        .flat_map(|s| s.state())
+        .filter_map(|o| o.0.as_ref().ok().cloned())
+        .collect();
+    let backend = K::backend(ctx);
+    let requests: Vec<_> = objects
+        .iter()
+        .filter_map(|o| {
+            backend
+                .resolve(&o.namespace().unwrap_or_default(), o.source())
+                .ok()
+        })
+        .collect();
+    backend.retain(&requests).await;
+    let resources: HashSet<(String, String)> = objects
+        .iter()
+        .map(|o| (o.namespace().unwrap_or_default(), o.name_any()))
+        .collect();
+    ctx.retain_backoff::<K>(&resources);
+    tracing::debug!(kind = K::KIND, live = objects.len(), "housekeeping pass");
+    objects
+        .iter()
+        .map(|o| {
+            (
+                o.namespace().unwrap_or_default(),
+                secret_name(o, &o.target()),
+            )
+        })
+        .collect()
+}
+
+/// Runs the pass every `housekeepingInterval`. It needs no complete listing first: a
+/// resource is in its watch cache before it is reconciled, so anything cached for it is
+/// matched, and a token is revoked only when unused at two passes in a row.
+pub async fn run(ctx: Arc<Context>, vault: Vec<Store<DeserializeGuard<VaultSecret>>>) {
+    let mut tick = tokio::time::interval(ctx.config.housekeeping_interval);
+    loop {
+        tick.tick().await;
+        let secrets = sweep(&ctx, &vault).await;
+        ctx.metrics.retain_expiry(&secrets);
+    }
+}
