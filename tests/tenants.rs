@@ -458,3 +458,81 @@ async fn a_deleted_resource_leaves_no_token_no_series_and_no_cache_behind() {
     );
     e2e::assert_no_leak(&client, &ns, &op, &[&original]).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Fairness: one tenant's burst does not starve another tenant's first sync
+
+#[tokio::test]
+async fn a_burst_in_one_namespace_does_not_hold_back_another_namespaces_resource() {
+    let (client, ns_a, role_a, value_a) = seeded("e2e-fair-a", "faira").await;
+    let ns_b = common::create_namespace(&client, "e2e-fair-b").await;
+    let role_b = e2e::tenant(&client, &ns_b, "app", &format!("{ns_b}/")).await;
+    vaultrs::kv2::set(
+        &e2e::root_vault(),
+        "secret",
+        &format!("{ns_b}/app"),
+        &json!({"password": "b"}),
+    )
+    .await
+    .expect("seed b");
+    // Two reconciles at a time and two Vault requests per second: A's twenty resources
+    // take about ten seconds. B waits for at most one free reconcile slot and, at the
+    // rate limit, behind the requests of the reconciles already running (at most
+    // `concurrency` of them), never behind A's whole burst.
+    let op = Operator::start_with(
+        &ns_a,
+        e2e::OperatorOptions {
+            watch_namespaces: Some(format!("[{ns_a}, {ns_b}]")),
+            // Appended under the `default` Vault connection, the config's last mapping.
+            extra_config: "    requestsPerSecond: 2\n".into(),
+            ..Default::default()
+        }
+        .default_value("concurrency", "2"),
+    )
+    .await;
+    let source_a = format!("kv: {{mount: secret, path: {ns_a}/app}}");
+    let burst: Vec<_> = (0..20)
+        .map(|i| {
+            let (client, ns_a, role_a, source_a) = (
+                client.clone(),
+                ns_a.to_string(),
+                role_a.clone(),
+                source_a.clone(),
+            );
+            async move {
+                apply(
+                    &client,
+                    &ns_a,
+                    &vault_secret(&format!("a{i}"), &role_a, &source_a, ""),
+                )
+                .await
+            }
+        })
+        .collect();
+    futures::future::join_all(burst).await;
+    apply(
+        &client,
+        &ns_b,
+        &vault_secret(
+            "b",
+            &role_b,
+            &format!("kv: {{mount: secret, path: {ns_b}/app}}"),
+            "",
+        ),
+    )
+    .await;
+    wait_ready(&client, &ns_b, "VaultSecret", "b", "True", "Synced").await;
+    let mut ready_a = 0;
+    for i in 0..20 {
+        let s = status(&client, &ns_a, "VaultSecret", &format!("a{i}")).await;
+        if e2e::ready_condition(&s).is_some_and(|c| c["status"] == "True") {
+            ready_a += 1;
+        }
+    }
+    println!("{ready_a}/20 of A's resources were Ready when B's was");
+    assert!(
+        ready_a <= 5,
+        "B's resource waited for A's burst: {ready_a}/20 of A's were Ready first"
+    );
+    e2e::assert_no_leak(&client, &ns_a, &op, &[&value_a]).await;
+}

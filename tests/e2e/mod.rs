@@ -89,6 +89,8 @@ pub struct OperatorOptions {
     pub kubeconfig: Option<PathBuf>,
     /// Do not wait for `/readyz` (a process expected to abort may never get there).
     pub no_wait: bool,
+    /// `watchNamespaces` as YAML, such as `[a, b]`, instead of the test's namespace only.
+    pub watch_namespaces: Option<String>,
 }
 
 impl OperatorOptions {
@@ -150,7 +152,10 @@ impl Operator {
     pub async fn start_with(ns: &str, options: OperatorOptions) -> Operator {
         let mut config = ConfigSpec {
             operator_namespace: ns.to_string(),
-            watch_namespaces: format!("[{ns}]"),
+            watch_namespaces: options
+                .watch_namespaces
+                .clone()
+                .unwrap_or_else(|| format!("[{ns}]")),
             defaults: Vec::new(),
             vault_addr: common::env("VAULT_ADDR", "OpenBao server"),
             log_format: None,
