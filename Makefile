@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 ENV_SH := target/env/env.sh
 
-.PHONY: help build run test test-azure lint deploy-lint fmt-check clippy crds crd-check env-up env-down env-status demo bench bench-dynamic
+.PHONY: help build run test test-azure lint deploy-lint fmt-check clippy crds crd-check env-up env-down env-status demo bench bench-dynamic bench-tenants
 
 help:
 	@echo "make demo      bring up the local environment and show vaultsync on it"
@@ -80,6 +80,12 @@ demo: env-up
 bench: env-up
 	source $(ENV_SH) && cargo build --release && cargo run --release --example bench
 	source $(ENV_SH) && cargo run --release --example bench_dynamic
+	source $(ENV_SH) && cargo run --release --example bench_tenants
+
+# Peak RSS added by each hostile resource (target 16 MiB), and RSS after creating and
+# deleting BENCH_CHURN (5000) resources with an identity each (target +10%).
+bench-tenants: env-up
+	source $(ENV_SH) && cargo build --release && cargo run --release --example bench_tenants
 
 # 200 dynamic database VaultSecrets (60 s leases, 180 s max TTL) for five minutes against
 # the local environment, with a release build of the operator; prints lease renewals,

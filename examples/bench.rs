@@ -84,6 +84,7 @@ fn start_operator(
             vault_addr: env("VAULT_ADDR")?,
             // VAULTSYNC_BENCH_LOG overrides the level, such as `debug` to see why reconciles run.
             log_level: std::env::var("VAULTSYNC_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+            extra: String::new(),
         },
     )
 }

@@ -260,6 +260,7 @@ fn start_operator(dir: &std::path::Path) -> anyhow::Result<Operator> {
             concurrency: OPERATOR_CONCURRENCY,
             vault_addr: env("VAULT_ADDR")?,
             log_level: "info".into(),
+            extra: String::new(),
         },
     )
 }

@@ -286,6 +286,8 @@ pub struct OperatorConfig<'a> {
     pub vault_addr: String,
     /// VAULTSYNC_LOG.
     pub log_level: String,
+    /// YAML appended to the configuration, such as `housekeepingInterval: 5s`.
+    pub extra: String,
 }
 
 /// Starts the operator with its config and log in `dir`.
@@ -295,6 +297,7 @@ pub fn start_operator(dir: &std::path::Path, cfg: OperatorConfig) -> anyhow::Res
         concurrency,
         vault_addr,
         log_level,
+        extra,
     } = cfg;
     let config = ConfigSpec {
         operator_namespace: "vaultsync-system".into(),
@@ -310,7 +313,7 @@ pub fn start_operator(dir: &std::path::Path, cfg: OperatorConfig) -> anyhow::Res
         .collect(),
         vault_addr,
         log_format: Some("text".into()),
-        extra: String::new(),
+        extra,
     };
     let launch = Launch {
         binary: operator_binary()?,
