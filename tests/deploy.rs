@@ -14,11 +14,14 @@
 //! one fails the test with the fix, never skips it.
 
 mod common;
+mod manifests;
+
+use manifests::*;
 mod e2e;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use e2e::{
@@ -30,11 +33,8 @@ use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/vaultsync");
-const KUSTOMIZE_BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/default");
 const CRDS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
 
 /// Every verb the operator may hold, per (API group, resource), and why. A rendered rule
@@ -108,97 +108,6 @@ const ALLOWED: &[(&str, &str, &[&str], &str)] = &[
         "waiting for the two CRDs to be Established",
     ),
 ];
-
-// ---------------------------------------------------------------------------------------
-// Tools and rendering
-
-/// The path of `name` on PATH, or a panic that says how to get it.
-fn tool(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} missing: run make env-up (and `source target/env/env.sh`; make test does both)"
-            )
-        })
-}
-
-/// Runs a command and returns its stdout, or panics with its stderr.
-fn run(command: &mut Command, stdin: Option<&str>) -> String {
-    let what = format!("{command:?}");
-    command
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    if let Some(text) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("wait");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    stdout
-}
-
-fn helm() -> Command {
-    Command::new(tool("helm"))
-}
-
-fn kubectl() -> Command {
-    common::env("KUBECONFIG", "Kubernetes control plane");
-    Command::new(tool("kubectl"))
-}
-
-/// Parses multi-document YAML into JSON values, skipping empty documents.
-fn documents(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-/// `helm template` of the chart as text, CRDs included.
-fn helm_template_text(release: &str, namespace: &str, args: &[&str]) -> String {
-    run(
-        helm()
-            .args(["template", release, CHART, "--namespace", namespace])
-            .arg("--include-crds")
-            .args(args),
-        None,
-    )
-}
-
-fn helm_template(release: &str, namespace: &str, args: &[&str]) -> Vec<Value> {
-    documents(&helm_template_text(release, namespace, args))
-}
-
-fn kustomize() -> Vec<Value> {
-    documents(&run(kubectl().args(["kustomize", KUSTOMIZE_BASE]), None))
-}
-
-fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    objects.iter().filter(|o| o["kind"] == kind).collect()
-}
 
 fn one<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
     let found = of_kind(objects, kind);
@@ -921,12 +830,7 @@ async fn apply_rbac(client: &kube::Client, objects: &[Value]) {
         )
     }) {
         let kind = object["kind"].as_str().expect("kind");
-        let (group, version) = object["apiVersion"]
-            .as_str()
-            .expect("apiVersion")
-            .split_once('/')
-            .unwrap_or(("", "v1"));
-        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+        let ar = api_resource(object);
         let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
             None => Api::all_with(client.clone(), &ar),

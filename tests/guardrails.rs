@@ -14,86 +14,25 @@
 //! cluster-scoped objects are deleted by a guard, on failure too.
 
 mod common;
+mod manifests;
+
+use manifests::*;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
-use serde::Deserialize;
+use kube::core::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
-
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/vaultsync");
-const KUSTOMIZE_BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/default");
 
 const POLICY: &str = "ValidatingAdmissionPolicy";
 const BINDING: &str = "ValidatingAdmissionPolicyBinding";
 /// Every refusal of the guardrails starts so.
 const GUARDRAIL: &str = "vaultsync guardrail:";
-
-// ---------------------------------------------------------------------------------------
-// Tools and rendering (as in tests/deploy.rs)
-
-/// The path of `name` on PATH, or a panic that says how to get it.
-fn tool(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} missing: run make env-up (and `source target/env/env.sh`; make test does both)"
-            )
-        })
-}
-
-/// Runs a command and returns its stdout, or panics with its stderr.
-fn run(command: &mut Command) -> String {
-    let what = format!("{command:?}");
-    let out = command
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// Parses multi-document YAML into JSON values, skipping empty documents.
-fn documents(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn helm_template(release: &str, namespace: &str, args: &[&str]) -> Vec<Value> {
-    documents(&run(Command::new(tool("helm"))
-        .args(["template", release, CHART, "--namespace", namespace])
-        .args(args)))
-}
-
-fn kustomize() -> Vec<Value> {
-    common::env("KUBECONFIG", "Kubernetes control plane");
-    documents(&run(
-        Command::new(tool("kubectl")).args(["kustomize", KUSTOMIZE_BASE])
-    ))
-}
-
-fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    objects.iter().filter(|o| o["kind"] == kind).collect()
-}
 
 fn name_of(object: &Value) -> String {
     object["metadata"]["name"]
@@ -255,16 +194,6 @@ impl Drop for ClusterObjects {
         })
         .join();
     }
-}
-
-fn api_resource(object: &Value) -> ApiResource {
-    let kind = object["kind"].as_str().expect("kind");
-    let (group, version) = object["apiVersion"]
-        .as_str()
-        .expect("apiVersion")
-        .split_once('/')
-        .unwrap_or(("", "v1"));
-    ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
 }
 
 /// Applies the chart's ServiceAccount, RBAC and guardrails as the admin; the guard
