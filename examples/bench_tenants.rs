@@ -327,7 +327,7 @@ async fn main() -> anyhow::Result<()> {
             manifest("bomb", "app", "app", json!({"template": {"x": bomb}})),
         ),
         (
-            "64 templates of 8 KiB, each rendering 16 KiB",
+            "64 templates of 8 KiB rendering 1.5 MiB in all",
             manifest("templates", "app", "app", json!({"template": templates})),
         ),
         (
