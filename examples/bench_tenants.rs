@@ -245,7 +245,8 @@ async fn churn_cycle(
         || async { (revoked_tokens(op).await >= revoked_before + n as f64).then_some(()) },
     )
     .await?;
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    // jemalloc gives dirty pages back after about ten seconds, muzzy ones ten more.
+    tokio::time::sleep(Duration::from_secs(30)).await;
     Ok((synced, loaded, op.stats()))
 }
 
