@@ -25,16 +25,22 @@ use serde_json::json;
 
 const MAKE: &str = "make bench";
 const NS: &str = "bench-tenants";
+/// Tenant B of the fairness figure.
+const NS_B: &str = "bench-tenants-b";
 const ROLE: &str = "bench-tenants-any";
 const MIB: f64 = 1024.0;
 
 fn vault_secrets(client: &kube::Client) -> Api<DynamicObject> {
+    vault_secrets_in(client, NS)
+}
+
+fn vault_secrets_in(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
         "vaultsync.dev",
         "v1alpha1",
         "VaultSecret",
     ));
-    Api::namespaced_with(client.clone(), NS, &ar)
+    Api::namespaced_with(client.clone(), ns, &ar)
 }
 
 /// A VaultSecret reading `secret/bench-tenants/<path>` as service account `sa`.
@@ -94,24 +100,30 @@ async fn settled(client: &kube::Client, name: &str) -> anyhow::Result<String> {
 
 async fn setup(client: &kube::Client) -> anyhow::Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    if namespaces.get_opt(NS).await?.is_some() {
-        let _ = namespaces.delete(NS, &DeleteParams::default()).await;
-        wait_for(
-            Duration::from_secs(120),
-            "the previous run's namespace to go",
-            || {
-                let namespaces = namespaces.clone();
-                async move { namespaces.get_opt(NS).await.ok()?.is_none().then_some(()) }
-            },
-        )
-        .await?;
+    for ns in [NS, NS_B] {
+        if namespaces.get_opt(ns).await?.is_some() {
+            let _ = namespaces.delete(ns, &DeleteParams::default()).await;
+            wait_for(
+                Duration::from_secs(120),
+                "the previous run's namespace to go",
+                || {
+                    let namespaces = namespaces.clone();
+                    async move { namespaces.get_opt(ns).await.ok()?.is_none().then_some(()) }
+                },
+            )
+            .await?;
+        }
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+            )
+            .await?;
+        let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "app"}}))?;
+        Api::<ServiceAccount>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &account)
+            .await?;
     }
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": NS}}))?,
-        )
-        .await?;
     let vault = root_vault(MAKE)?;
     let policy = format!(
         "path \"secret/data/{NS}/*\" {{ capabilities = [\"read\"] }}\n\
@@ -126,7 +138,7 @@ async fn setup(client: &kube::Client) -> anyhow::Result<()> {
         Some(
             &mut vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest::builder()
                 .bound_service_account_names(vec!["*".to_string()])
-                .bound_service_account_namespaces(vec![NS.to_string()])
+                .bound_service_account_namespaces(vec![NS.to_string(), NS_B.to_string()])
                 .audience("vault")
                 .token_policies(vec![ROLE.to_string()])
                 .token_no_default_policy(true)
@@ -250,6 +262,93 @@ async fn churn_cycle(
     Ok((synced, loaded, op.stats()))
 }
 
+/// Tenant A applies 1000 resources at once; tenant B applies one during the burst. Prints
+/// how long B's waited to be Ready, and how much of A's burst was done by then.
+async fn fairness(client: &kube::Client) -> anyhow::Result<()> {
+    println!(
+        "{:<62}{:>16}",
+        "[fairness: tenant A applies 1000 resources at once]", ""
+    );
+    let a = vault_secrets(client);
+    let burst = async {
+        let names: Vec<String> = (0..1000).map(|i| format!("f{i}")).collect();
+        for chunk in names.chunks(64) {
+            let applies = chunk.iter().map(|name| {
+                let obj = manifest(name, "app", "app", json!({}));
+                async move { apply(client, &obj).await }
+            });
+            for result in futures::future::join_all(applies).await {
+                result?;
+            }
+        }
+        anyhow::Ok(())
+    };
+    let b = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut obj = manifest("b", "app", "app", json!({}));
+        obj["metadata"]["namespace"] = json!(NS_B);
+        let started = Instant::now();
+        vault_secrets_in(client, NS_B)
+            .patch(
+                "b",
+                &PatchParams::apply("bench").force(),
+                &Patch::Apply(&obj),
+            )
+            .await?;
+        let api = vault_secrets_in(client, NS_B);
+        wait_for(
+            Duration::from_secs(120),
+            "tenant B's resource to be Ready",
+            || {
+                let api = api.clone();
+                async move {
+                    let obj = api.get("b").await.ok()?;
+                    obj.data["status"]["conditions"]
+                        .as_array()?
+                        .iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        .then_some(())
+                }
+            },
+        )
+        .await?;
+        anyhow::Ok(started.elapsed())
+    };
+    let (burst, waited) = tokio::join!(burst, b);
+    burst?;
+    let waited = waited?;
+    let done = a
+        .list(&ListParams::default().labels("bench=tenants"))
+        .await?
+        .items
+        .iter()
+        .filter(|o| {
+            o.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with('f'))
+        })
+        .filter(|o| {
+            o.data["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .count();
+    println!(
+        "{:<62}{:>16}  {:<10}{}",
+        format!("tenant B's one resource Ready after (A: {done}/1000 Ready now)"),
+        format!("{:.2} s", waited.as_secs_f64()),
+        "<= 5 s",
+        if waited <= Duration::from_secs(5) {
+            "ok"
+        } else {
+            "MISSED"
+        }
+    );
+    Ok(())
+}
+
 async fn revoked_tokens(op: &common::Operator) -> f64 {
     op.metrics()
         .await
@@ -276,17 +375,13 @@ async fn main() -> anyhow::Result<()> {
     let op = common::start_operator(
         &dir,
         OperatorConfig {
-            watch_namespaces: &format!("[{NS}]"),
+            watch_namespaces: &format!("[{NS}, {NS_B}]"),
             concurrency: 16,
             vault_addr: common::env("VAULT_ADDR", MAKE)?,
             log_level: "info".into(),
             extra: "housekeepingInterval: 5s\n".into(),
         },
     )?;
-    let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "app"}}))?;
-    Api::<ServiceAccount>::namespaced(client.clone(), NS)
-        .create(&PostParams::default(), &account)
-        .await?;
 
     println!(
         "vaultsync bench: hostile tenants and memory (operator log: {})",
@@ -399,11 +494,14 @@ async fn main() -> anyhow::Result<()> {
             if ratio <= 1.10 { "ok" } else { "MISSED" }
         );
     }
+    fairness(&client).await?;
     println!("{:-<96}", "");
     drop(op);
-    let _ = Api::<Namespace>::all(client.clone())
-        .delete(NS, &DeleteParams::default())
-        .await;
+    for ns in [NS, NS_B] {
+        let _ = Api::<Namespace>::all(client.clone())
+            .delete(ns, &DeleteParams::default())
+            .await;
+    }
     let vault = root_vault(MAKE)?;
     let _ = vaultrs::auth::kubernetes::role::delete(&vault, "kubernetes", ROLE).await;
     let _ = vaultrs::sys::policy::delete(&vault, ROLE).await;
