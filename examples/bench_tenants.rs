@@ -349,6 +349,13 @@ async fn fairness(client: &kube::Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bytes of memory in use by the operator, from its allocator's statistics.
+async fn heap_allocated(op: &common::Operator) -> f64 {
+    op.metrics()
+        .await
+        .sum("vaultsync_heap_allocated_bytes", |_| true)
+}
+
 async fn revoked_tokens(op: &common::Operator) -> f64 {
     op.metrics()
         .await
@@ -473,8 +480,10 @@ async fn main() -> anyhow::Result<()> {
     );
     create_accounts(&client, churn).await?;
     let start = op.stats();
+    let heap_start = heap_allocated(&op).await;
     for cycle in 1..=2 {
         let (synced, loaded, after) = churn_cycle(&client, &op, churn, cycle).await?;
+        let heap_after = heap_allocated(&op).await;
         let ratio = after.rss_kib as f64 / start.rss_kib.max(1) as f64;
         println!(
             "{:<62}{:>16}",
@@ -492,6 +501,15 @@ async fn main() -> anyhow::Result<()> {
             format!("{} ({:+.1}%)", mib(after.rss_kib), (ratio - 1.0) * 100.0),
             "<= +10%",
             if ratio <= 1.10 { "ok" } else { "MISSED" }
+        );
+        println!(
+            "{:<62}{:>16}",
+            format!("cycle {cycle}: heap in use (jemalloc) before / after"),
+            format!(
+                "{:.1} / {:.1} MiB",
+                heap_start / MIB / MIB,
+                heap_after / MIB / MIB
+            )
         );
     }
     fairness(&client).await?;

@@ -55,6 +55,10 @@ pub struct Metrics {
     vault_logins: Family<LoginLabels, Counter>,
     secret_writes: Family<WriteLabels, Counter>,
     pub managed_secrets: Gauge,
+    /// Bytes the allocator has handed out, and bytes it holds from the system (jemalloc's
+    /// `stats.allocated` and `stats.resident`), refreshed at each scrape.
+    heap_allocated: Gauge,
+    heap_resident: Gauge,
     expiry: Family<SecretLabels, Gauge<f64, AtomicU64>>,
     /// The series of `expiry` that exist, so those of Secrets that are gone can be
     /// dropped (the family cannot be listed).
@@ -103,6 +107,18 @@ impl Default for Metrics {
             "Secrets currently managed by vaultsync",
             managed_secrets.clone(),
         );
+        let heap_allocated = Gauge::default();
+        registry.register(
+            "heap_allocated_bytes",
+            "Bytes of memory in use by the operator (jemalloc stats.allocated)",
+            heap_allocated.clone(),
+        );
+        let heap_resident = Gauge::default();
+        registry.register(
+            "heap_resident_bytes",
+            "Bytes of memory the allocator holds from the system (jemalloc stats.resident)",
+            heap_resident.clone(),
+        );
         let expiry = Family::<SecretLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "secret_expiry_timestamp_seconds",
@@ -123,6 +139,8 @@ impl Default for Metrics {
             vault_logins,
             secret_writes,
             managed_secrets,
+            heap_allocated,
+            heap_resident,
             expiry,
             expiry_series: Default::default(),
             queue_depth,
@@ -211,6 +229,15 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        // jemalloc caches its statistics: advancing the epoch refreshes them.
+        if tikv_jemalloc_ctl::epoch::advance().is_ok() {
+            if let Ok(bytes) = tikv_jemalloc_ctl::stats::allocated::read() {
+                self.heap_allocated.set(bytes as i64);
+            }
+            if let Ok(bytes) = tikv_jemalloc_ctl::stats::resident::read() {
+                self.heap_resident.set(bytes as i64);
+            }
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
