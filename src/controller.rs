@@ -14,7 +14,7 @@ use kube::api::Api;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::api::VaultSecret;
 use crate::config::Config;
@@ -165,11 +165,11 @@ fn controller_for<K: SyncedResource>(
     // Only spec changes (generation) trigger a reconcile: the operator's own status
     // writes must not, or every sync would schedule the next one at once.
     let (object_reader, object_writer) = reflector::store();
-    let object_events = watcher(objects, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(object_writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+    let object_events = crate::triggers::spec_changes(
+        watcher(objects, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect(object_writer),
+    );
     resources.push(object_reader.clone());
     let known = object_reader.clone();
     owners.push(Box::new(move || {

@@ -19,3 +19,4 @@ pub mod metrics;
 pub mod ownership;
 pub mod sync;
 pub mod telemetry;
+pub mod triggers;
