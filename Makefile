@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 ENV_SH := target/env/env.sh
 
-.PHONY: help build run test test-azure lint deploy-lint fmt-check clippy crds crd-check env-up env-down env-status demo bench bench-dynamic bench-tenants
+.PHONY: help build run test lint deploy-lint fmt-check clippy crds crd-check env-up env-down env-status demo bench bench-dynamic bench-tenants
 
 help:
 	@echo "make demo      bring up the local environment and show vaultsync on it"
@@ -17,10 +17,6 @@ build:
 # The environment is brought up first, so a fresh machine needs nothing beforehand.
 test: env-up lint
 	source $(ENV_SH) && cargo test --no-fail-fast --all-targets -- --test-threads=4
-
-# Lowkey Vault (the Azure Key Vault double) cannot be downloaded here; see README.
-test-azure: env-up
-	source $(ENV_SH) && cargo test --features azure-env --test environment_azure
 
 lint: fmt-check clippy crd-check deploy-lint
 
