@@ -216,26 +216,7 @@ async fn churn_cycle(
         || {
             let api = api.clone();
             async move {
-                let list = api
-                    .list(&ListParams::default().labels("bench=tenants"))
-                    .await
-                    .ok()?;
-                let ready = list
-                    .items
-                    .iter()
-                    .filter(|o| {
-                        o.metadata
-                            .name
-                            .as_deref()
-                            .is_some_and(|n| n.starts_with('c'))
-                    })
-                    .filter(|o| {
-                        o.data["status"]["conditions"].as_array().is_some_and(|c| {
-                            c.iter()
-                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                        })
-                    })
-                    .count();
+                let ready = ready_count(&api, 'c').await.ok()?;
                 (ready == n).then_some(())
             }
         },
@@ -317,24 +298,7 @@ async fn fairness(client: &kube::Client) -> anyhow::Result<()> {
     let (burst, waited) = tokio::join!(burst, b);
     burst?;
     let waited = waited?;
-    let done = a
-        .list(&ListParams::default().labels("bench=tenants"))
-        .await?
-        .items
-        .iter()
-        .filter(|o| {
-            o.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| n.starts_with('f'))
-        })
-        .filter(|o| {
-            o.data["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-        })
-        .count();
+    let done = ready_count(&a, 'f').await?;
     println!(
         "{:<62}{:>16}  {:<10}{}",
         format!("tenant B's one resource Ready after (A: {done}/1000 Ready now)"),
@@ -347,6 +311,29 @@ async fn fairness(client: &kube::Client) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// How many bench VaultSecrets whose name starts with `prefix` are Ready.
+async fn ready_count(api: &Api<DynamicObject>, prefix: char) -> anyhow::Result<usize> {
+    let list = api
+        .list(&ListParams::default().labels("bench=tenants"))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|o| {
+            o.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .filter(|o| {
+            o.data["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .count())
 }
 
 /// Bytes of memory in use by the operator, from its allocator's statistics.

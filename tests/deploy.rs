@@ -815,35 +815,7 @@ async fn the_manifests_pass_a_server_dry_run() {
 /// bound to that ServiceAccount; nothing else) as the admin, so the operator runs inside
 /// the guardrails too.
 async fn apply_rbac(client: &kube::Client, objects: &[Value]) {
-    for object in objects.iter().filter(|o| {
-        matches!(
-            o["kind"].as_str(),
-            Some(
-                "ServiceAccount"
-                    | "ClusterRole"
-                    | "ClusterRoleBinding"
-                    | "Role"
-                    | "RoleBinding"
-                    | "ValidatingAdmissionPolicy"
-                    | "ValidatingAdmissionPolicyBinding"
-            )
-        )
-    }) {
-        let kind = object["kind"].as_str().expect("kind");
-        let ar = api_resource(object);
-        let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-            None => Api::all_with(client.clone(), &ar),
-        };
-        let name = object["metadata"]["name"].as_str().expect("name");
-        api.patch(
-            name,
-            &PatchParams::apply("vaultsync-deploy-test").force(),
-            &Patch::Apply(object),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
-    }
+    apply_objects(client, &identity_objects(objects), "vaultsync-deploy-test").await;
 }
 
 /// A kubeconfig for a one-hour token of the chart's ServiceAccount: the operator's

@@ -199,23 +199,7 @@ impl Drop for ClusterObjects {
 /// Applies the chart's ServiceAccount, RBAC and guardrails as the admin; the guard
 /// deletes the cluster-scoped ones. Nothing else of the chart is applied.
 async fn apply_guardrails(admin: &kube::Client, objects: &[Value]) -> ClusterObjects {
-    let wanted: Vec<&Value> = objects
-        .iter()
-        .filter(|o| {
-            matches!(
-                o["kind"].as_str(),
-                Some(
-                    "ServiceAccount"
-                        | "ClusterRole"
-                        | "ClusterRoleBinding"
-                        | "Role"
-                        | "RoleBinding"
-                        | POLICY
-                        | BINDING
-                )
-            )
-        })
-        .collect();
+    let wanted = identity_objects(objects);
     let guard = ClusterObjects {
         objects: wanted
             .iter()
@@ -223,21 +207,7 @@ async fn apply_guardrails(admin: &kube::Client, objects: &[Value]) -> ClusterObj
             .map(|o| (api_resource(o), name_of(o)))
             .collect(),
     };
-    for object in wanted {
-        let ar = api_resource(object);
-        let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
-            Some(ns) => Api::namespaced_with(admin.clone(), ns, &ar),
-            None => Api::all_with(admin.clone(), &ar),
-        };
-        let name = name_of(object);
-        api.patch(
-            &name,
-            &PatchParams::apply("vaultsync-guardrails-test").force(),
-            &Patch::Apply(object),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("apply {} {name}: {e}", ar.kind));
-    }
+    apply_objects(admin, &wanted, "vaultsync-guardrails-test").await;
     guard
 }
 

@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -111,4 +112,45 @@ pub fn api_resource(object: &Value) -> ApiResource {
         .split_once('/')
         .unwrap_or(("", "v1"));
     ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
+}
+
+/// The objects that make up the operator's identity and its fences: its ServiceAccount,
+/// RBAC and guardrail policies (nothing that runs).
+pub fn identity_objects(objects: &[Value]) -> Vec<&Value> {
+    objects
+        .iter()
+        .filter(|o| {
+            matches!(
+                o["kind"].as_str(),
+                Some(
+                    "ServiceAccount"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "Role"
+                        | "RoleBinding"
+                        | "ValidatingAdmissionPolicy"
+                        | "ValidatingAdmissionPolicyBinding"
+                )
+            )
+        })
+        .collect()
+}
+
+/// Server-side applies rendered objects as `manager`, namespaced or cluster-scoped.
+pub async fn apply_objects(client: &kube::Client, objects: &[&Value], manager: &str) {
+    for object in objects {
+        let ar = api_resource(object);
+        let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        let name = object["metadata"]["name"].as_str().expect("metadata.name");
+        api.patch(
+            name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {} {name}: {e}", ar.kind));
+    }
 }
