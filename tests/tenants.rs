@@ -361,10 +361,11 @@ async fn a_user_cannot_make_the_operator_read_a_secret_they_may_not_read() {
         .await
         .expect("a reference alice may use is admitted");
     // Nor can an update swap in a reference she may not use.
-    let mut swapped = as_alice.get("allowed").await.expect("get");
-    swapped.data["spec"]["vault"]["auth"]["appRole"]["secretIdRef"]["name"] = json!("admin-token");
+    // (A merge patch: a replace could lose a race with the operator's status write.)
+    let swap =
+        json!({"spec": {"vault": {"auth": {"appRole": {"secretIdRef": {"name": "admin-token"}}}}}});
     let err = as_alice
-        .replace("allowed", &PostParams::default(), &swapped)
+        .patch("allowed", &PatchParams::default(), &Patch::Merge(&swap))
         .await
         .expect_err("an update to a forbidden reference is refused");
     assert!(err.to_string().contains("admin-token"), "{err}");
