@@ -236,13 +236,44 @@ pub struct AzureConnection {
     /// Extra PEM CA bundle trusted for the vault and the authority.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Credential kinds resources may use. `managedIdentity` uses the operator's own
-    /// identity, so it is allowed only when listed here.
+    /// Credential kinds resources may use: `workloadIdentity` and `clientSecret` by
+    /// default. `managedIdentity` is not set here but per namespace, in
+    /// `managedIdentityNamespaces`.
     #[serde(default = "default_credentials")]
     pub allowed_credentials: Vec<AzureCredentialKind>,
+    /// Namespaces whose resources may use `auth.managedIdentity`, the operator's own
+    /// identity. Empty (the default) means none: any resource that may read as the
+    /// operator reads everything the operator may.
+    #[serde(default)]
+    pub managed_identity_namespaces: Vec<String>,
+    /// The identity of a resource that sets no `auth`: a service account of the
+    /// resource's own namespace through workload identity. Without it, `auth` is required.
+    #[serde(default)]
+    pub default_auth: Option<AzureDefaultAuth>,
     /// Client-side limit of requests per second to each vault.
     #[serde(default = "default_azure_rps")]
     pub requests_per_second: u32,
+}
+
+/// The default identity of an Azure connection.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AzureDefaultAuth {
+    pub workload_identity: AzureDefaultWorkloadIdentity,
+}
+
+/// Workload identity as the resource namespace's service account `serviceAccountName`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AzureDefaultWorkloadIdentity {
+    #[serde(default = "default_service_account")]
+    pub service_account_name: String,
+    /// Application (client) ID trusted by the service accounts; `{namespace}` stands for
+    /// the resource's namespace.
+    pub client_id: String,
+    /// Tenant; the connection's `tenantId` when absent.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
 }
 
 fn default_metrics_address() -> SocketAddr {
@@ -426,6 +457,40 @@ impl Config {
                 ));
             }
             check_url(&format!("azure.{name}.authorityHost"), &c.authority_host)?;
+            if !c.vault_url_template.starts_with("https://")
+                || !c.authority_host.starts_with("https://")
+            {
+                return Err(invalid(
+                    format!("azure.{name}"),
+                    "vaultUrlTemplate and authorityHost must be https:// URLs: the Azure SDK sends tokens over TLS only",
+                ));
+            }
+            if c.allowed_credentials
+                .contains(&AzureCredentialKind::ManagedIdentity)
+            {
+                return Err(invalid(
+                    format!("azure.{name}.allowedCredentials"),
+                    "managedIdentity is allowed per namespace: list the namespaces in managedIdentityNamespaces",
+                ));
+            }
+            if let Some(ca) = &c.ca_file
+                && !ca.is_file()
+            {
+                return Err(invalid(
+                    format!("azure.{name}.caFile"),
+                    format!("{} is not a readable file", ca.display()),
+                ));
+            }
+            if c.tenant_id.is_none()
+                && c.default_auth
+                    .as_ref()
+                    .is_some_and(|d| d.workload_identity.tenant_id.is_none())
+            {
+                return Err(invalid(
+                    format!("azure.{name}.defaultAuth.workloadIdentity.tenantId"),
+                    "set it, or the connection's tenantId",
+                ));
+            }
             if c.requests_per_second == 0 {
                 return Err(invalid(
                     format!("azure.{name}.requestsPerSecond"),

@@ -9,6 +9,7 @@ use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use crate::backend::azure::AzureBackend;
 use crate::backend::vault::VaultBackend;
 use crate::config::Config;
 use crate::events::{EventSink, EventType};
@@ -23,6 +24,7 @@ pub struct Context {
     pub client: Client,
     pub config: Config,
     pub vault: VaultBackend,
+    pub azure: AzureBackend,
     pub metrics: Arc<Metrics>,
     pub events: EventSink,
     pub hmac_key: Vec<u8>,
@@ -42,11 +44,13 @@ impl Context {
         hmac_key: Vec<u8>,
     ) -> anyhow::Result<Self> {
         let vault = VaultBackend::new(client.clone(), &config, metrics.clone())?;
+        let azure = AzureBackend::new(client.clone(), &config, metrics.clone())?;
         let events = EventSink::new(client.clone());
         Ok(Self {
             client,
             config,
             vault,
+            azure,
             metrics,
             events,
             hmac_key,

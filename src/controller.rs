@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::{StreamExt, future};
+use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
@@ -16,7 +16,7 @@ use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::api::VaultSecret;
+use crate::api::{AzureKeyVaultSecret, VaultSecret};
 use crate::config::Config;
 use crate::context::{Context, hmac_key};
 use crate::error::Error;
@@ -257,17 +257,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut controllers = Vec::new();
     let mut vault_secrets = Vec::new();
+    let mut azure_secrets = Vec::new();
     for scope in &scopes {
-        controllers.push(controller_for::<VaultSecret>(
-            ctx.clone(),
-            scope.as_deref(),
-            &mut stores,
-            &mut owners,
-            &mut vault_secrets,
-        ));
+        controllers.push(
+            controller_for::<VaultSecret>(
+                ctx.clone(),
+                scope.as_deref(),
+                &mut stores,
+                &mut owners,
+                &mut vault_secrets,
+            )
+            .boxed(),
+        );
+        controllers.push(
+            controller_for::<AzureKeyVaultSecret>(
+                ctx.clone(),
+                scope.as_deref(),
+                &mut stores,
+                &mut owners,
+                &mut azure_secrets,
+            )
+            .boxed(),
+        );
     }
     let collector = tokio::spawn(crate::expiry::run_collector(ctx.clone(), stores, owners));
-    let janitor = tokio::spawn(crate::janitor::run(ctx.clone(), vault_secrets));
+    let janitor = tokio::spawn(crate::janitor::run(
+        ctx.clone(),
+        vault_secrets,
+        azure_secrets,
+    ));
     tracing::info!(scopes = ?scopes, "vaultsync controllers started");
 
     let controllers = future::join_all(controllers);

@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
 
-use crate::api::VaultSecret;
+use crate::api::{AzureKeyVaultSecret, VaultSecret};
 use crate::backend::Backend;
 use crate::context::Context;
 use crate::sync::{SyncedResource, secret_name};
@@ -60,11 +60,16 @@ pub async fn sweep<K: SyncedResource>(
 /// Runs the pass every `housekeepingInterval`. It needs no complete listing first: a
 /// resource is in its watch cache before it is reconciled, so anything cached for it is
 /// matched, and a token is revoked only when unused at two passes in a row.
-pub async fn run(ctx: Arc<Context>, vault: Vec<Store<DeserializeGuard<VaultSecret>>>) {
+pub async fn run(
+    ctx: Arc<Context>,
+    vault: Vec<Store<DeserializeGuard<VaultSecret>>>,
+    azure: Vec<Store<DeserializeGuard<AzureKeyVaultSecret>>>,
+) {
     let mut tick = tokio::time::interval(ctx.config.housekeeping_interval);
     loop {
         tick.tick().await;
-        let secrets = sweep(&ctx, &vault).await;
+        let mut secrets = sweep(&ctx, &vault).await;
+        secrets.extend(sweep(&ctx, &azure).await);
         ctx.metrics.retain_expiry(&secrets);
     }
 }

@@ -187,9 +187,11 @@ pub struct AzureObject {
     /// Kind of object: `secret`, `certificate`, `key` or `multi-key-value-secret`.
     #[serde(rename = "type")]
     pub type_: AzureObjectType,
-    /// Pin this object version instead of following the latest. Empty means latest.
+    /// Pin this object version (32 hexadecimal characters, the last part of the
+    /// object's id) instead of following the latest. Empty means latest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[x_kube(validation = kube::core::Rule::new("self == '' || self.matches('^[0-9a-fA-F]{32}$')").message("version must be a Key Vault object version: 32 hexadecimal characters (or empty for the latest)"))]
+    #[schemars(length(max = 32))]
     pub version: Option<String>,
     /// For `multi-key-value-secret`: how the value is encoded, `application/x-json` or
     /// `application/x-yaml`.

@@ -16,6 +16,7 @@ use kube::api::{Api, PostParams};
 
 use crate::error::{Error, Result};
 
+pub mod azure;
 pub mod vault;
 
 mod rate_limit;

@@ -70,6 +70,7 @@ pub async fn tenant(client: &kube::Client, ns: &str, sa: &str, path_prefix: &str
     role
 }
 
+pub mod keyvault;
 pub mod operator;
 
 use operator::{ConfigSpec, Launch, OperatorProcess};

@@ -1,0 +1,309 @@
+//! Azure Key Vault: log in as the resource's identity (`auth`), read one object through
+//! the official SDK with per-vault limits and coalescing (`client`), and turn what was
+//! read into Secret data (`material`, pure).
+
+mod auth;
+mod client;
+pub mod material;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+pub use auth::Identity;
+use client::{Connection, ObjectRef, Read};
+
+use super::{Backend, Fresh, Lease, Material, Prior, SecretValue};
+use crate::api::{
+    AzureContentType, AzureKeyVaultSecret, AzureKeyVaultSecretSpec, AzureObjectType, ChainOrder,
+    SecretTarget, SyncPolicy, SyncStatus, Transform,
+};
+use crate::config::Config;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::sync::SyncedResource;
+
+/// The Secret type written for a certificate without a `dataKey`.
+const TLS: &str = "kubernetes.io/tls";
+
+/// An AzureKeyVaultSecret resolved against the operator config.
+#[derive(Clone, Debug)]
+pub struct AzureRequest {
+    pub connection: String,
+    pub vault_url: String,
+    pub identity: Identity,
+    pub object_type: AzureObjectType,
+    pub object: ObjectRef,
+    pub content_type: Option<AzureContentType>,
+    pub transforms: Vec<Transform>,
+    /// Key of a single value; `None` for a certificate written as `kubernetes.io/tls`
+    /// and for multi-key-value secrets.
+    pub data_key: Option<String>,
+    pub chain_order: Option<ChainOrder>,
+}
+
+/// The Azure backend: connections from the config and credentials per identity.
+pub struct AzureBackend {
+    kube: kube::Client,
+    connections: BTreeMap<String, Connection>,
+    credentials: auth::Credentials,
+    metrics: Arc<Metrics>,
+}
+
+impl AzureBackend {
+    pub fn new(kube: kube::Client, config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let connections = config
+            .azure
+            .iter()
+            .map(|(name, c)| Ok((name.clone(), Connection::new(name, c)?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            kube,
+            connections,
+            credentials: auth::Credentials::default(),
+            metrics,
+        })
+    }
+
+    fn connection(&self, name: &str) -> Result<&Connection> {
+        self.connections.get(name).ok_or_else(|| {
+            Error::InvalidSpec(format!(
+                "there is no Azure connection {name:?} in the operator's configuration; known: {:?}",
+                self.connections.keys().collect::<Vec<_>>()
+            ))
+        })
+    }
+
+    /// Credentials cached now, for tests of housekeeping.
+    pub fn cached_credentials(&self) -> usize {
+        self.credentials.len()
+    }
+}
+
+impl Backend for AzureBackend {
+    type Source = AzureKeyVaultSecretSpec;
+    type Request = AzureRequest;
+
+    fn resolve(&self, namespace: &str, spec: &AzureKeyVaultSecretSpec) -> Result<AzureRequest> {
+        let connection = spec
+            .vault
+            .connection
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let conn = self.connection(&connection)?;
+        let identity = auth::identity(namespace, conn, spec.vault.auth.as_ref())?;
+        let object = &spec.vault.object;
+        let version = object.version.clone().filter(|v| !v.is_empty());
+        if let Some(v) = &version
+            && !(v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(Error::InvalidSpec(format!(
+                "spec.vault.object.version {v:?} is not a Key Vault version (32 hexadecimal characters)"
+            )));
+        }
+        let output = spec.output.clone().unwrap_or_default();
+        if output.config_map.is_some() {
+            return Err(Error::InvalidSpec(
+                "spec.output.configMap is not supported: vaultsync writes Secrets; remove it and set spec.output.secret".into(),
+            ));
+        }
+        let target = output.secret.unwrap_or_default();
+        let data_key = target.data_key.clone();
+        let tls = target.secret.type_.as_deref() == Some(TLS)
+            || (object.type_ == AzureObjectType::Certificate && data_key.is_none());
+        match object.type_ {
+            AzureObjectType::Secret | AzureObjectType::Key if data_key.is_none() => {
+                return Err(Error::InvalidSpec(
+                    "spec.output.secret.dataKey is required for a secret or key object: it names the Secret key the value is written under".into(),
+                ));
+            }
+            AzureObjectType::Secret
+            | AzureObjectType::Key
+            | AzureObjectType::MultiKeyValueSecret
+                if tls =>
+            {
+                return Err(Error::InvalidSpec(
+                    "only a certificate object can be written as a kubernetes.io/tls Secret".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(AzureRequest {
+            vault_url: conn.vault_url(&spec.vault.name.to_ascii_lowercase()),
+            connection,
+            identity,
+            object_type: object.type_,
+            object: ObjectRef {
+                key: object.type_ == AzureObjectType::Key,
+                name: object.name.clone(),
+                version,
+            },
+            content_type: object.content_type,
+            transforms: output.transform.unwrap_or_default(),
+            data_key: if tls { None } else { data_key },
+            chain_order: target.chain_order,
+        })
+    }
+
+    fn issues(_: &AzureRequest) -> bool {
+        false
+    }
+
+    fn needs_finalizer(_: &AzureRequest) -> bool {
+        false
+    }
+
+    async fn fetch(&self, request: &AzureRequest, _: Prior<'_>) -> Result<Material> {
+        let conn = self.connection(&request.connection)?;
+        let result = async {
+            let credential = self
+                .credentials
+                .get(&self.kube, conn, &request.identity)
+                .await?;
+            let read = conn
+                .read(
+                    &self.metrics,
+                    &request.vault_url,
+                    &request.identity,
+                    credential,
+                    &request.object,
+                )
+                .await
+                .map_err(|e| {
+                    e.with_context(|m| format!("{m} (as {})", request.identity.describe()))
+                })?;
+            shape(request, &read)
+        }
+        .await;
+        if let Err(Error::AuthFailed(_)) = &result {
+            // A changed client secret or a revoked grant: build the credential afresh.
+            self.credentials
+                .forget(&request.connection, &request.identity);
+            conn.forget(&request.identity);
+        }
+        result.map(Material::Fresh)
+    }
+
+    async fn retain(&self, live: &[AzureRequest]) {
+        let identities: HashSet<(String, Identity)> = live
+            .iter()
+            .map(|r| (r.connection.clone(), r.identity.clone()))
+            .collect();
+        self.credentials.retain(&identities);
+        for (name, conn) in &self.connections {
+            let used: HashSet<(String, Identity)> = live
+                .iter()
+                .filter(|r| &r.connection == name)
+                .map(|r| (r.vault_url.clone(), r.identity.clone()))
+                .collect();
+            conn.retain(&used);
+        }
+    }
+
+    async fn release(&self, _: &AzureRequest, _: &Lease) -> Result<()> {
+        // Key Vault objects are read, never issued: there is nothing to give back.
+        Ok(())
+    }
+}
+
+/// Pure: what was read becomes the Secret's data, as the request asks.
+fn shape(request: &AzureRequest, read: &Read) -> Result<Fresh> {
+    let single = |value: Vec<u8>| -> Result<BTreeMap<String, SecretValue>> {
+        let value = material::apply_transforms(value, &request.transforms)?;
+        let key = request.data_key.clone().unwrap_or_default();
+        Ok(BTreeMap::from([(key, SecretValue::new(value))]))
+    };
+    let (data, version, not_after) = match (request.object_type, read) {
+        (AzureObjectType::Secret, Read::Secret { value, version, .. }) => {
+            (single(value.expose().to_vec())?, version, None)
+        }
+        (AzureObjectType::MultiKeyValueSecret, Read::Secret { value, version, .. }) => {
+            // As akv2k8s does, transforms apply to the stored value before it is parsed
+            // (a base64-encoded document, for example).
+            let raw = material::apply_transforms(value.expose().to_vec(), &request.transforms)?;
+            let text = String::from_utf8(raw).map_err(|_| {
+                Error::InvalidData(format!(
+                    "secret {:?} is not UTF-8 text, so not JSON or YAML",
+                    request.object.name
+                ))
+            })?;
+            let content_type = request.content_type.unwrap_or(AzureContentType::Json);
+            (
+                material::multi_key_value(&text, content_type)?,
+                version,
+                None,
+            )
+        }
+        (
+            AzureObjectType::Certificate,
+            Read::Secret {
+                value,
+                content_type,
+                version,
+            },
+        ) => {
+            let text = std::str::from_utf8(value.expose()).map_err(|_| {
+                Error::InvalidData(format!(
+                    "the secret of certificate {:?} is not text (base64 PKCS#12 or PEM)",
+                    request.object.name
+                ))
+            })?;
+            let cert = material::certificate(text, content_type.as_deref(), request.chain_order)?;
+            let not_after = cert.not_after;
+            let data = match &request.data_key {
+                None => cert.tls_data()?,
+                Some(key) => BTreeMap::from([(key.clone(), cert.pem_bundle())]),
+            };
+            (data, version, not_after)
+        }
+        (AzureObjectType::Key, Read::Key { jwk, version }) => (
+            single(material::public_key_pem(jwk)?.into_bytes())?,
+            version,
+            None,
+        ),
+        _ => {
+            return Err(Error::unavailable(
+                "Key Vault returned a different kind of object than was asked for",
+            ));
+        }
+    };
+    Ok(Fresh {
+        data,
+        version: version.clone(),
+        lease: None,
+        not_after,
+    })
+}
+
+impl SyncedResource for AzureKeyVaultSecret {
+    const KIND: &'static str = "AzureKeyVaultSecret";
+    type Backend = AzureBackend;
+
+    fn backend(ctx: &Context) -> &AzureBackend {
+        &ctx.azure
+    }
+
+    fn source(&self) -> &AzureKeyVaultSecretSpec {
+        &self.spec
+    }
+
+    fn target(&self) -> SecretTarget {
+        let output = self.spec.output.as_ref().and_then(|o| o.secret.as_ref());
+        let mut target = output.map(|o| o.secret.clone()).unwrap_or_default();
+        if self.spec.vault.object.type_ == AzureObjectType::Certificate
+            && output.and_then(|o| o.data_key.as_ref()).is_none()
+            && target.type_.is_none()
+        {
+            target.type_ = Some(TLS.into());
+        }
+        target
+    }
+
+    fn policy(&self) -> &SyncPolicy {
+        &self.spec.policy
+    }
+
+    fn status(&self) -> Option<&SyncStatus> {
+        self.status.as_ref()
+    }
+}
