@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use kube::ResourceExt;
 
-use crate::api::VaultSecret;
+use crate::api::{AzureKeyVaultSecret, VaultSecret};
 use crate::backend::{Backend, Material, Prior};
 use crate::config::Config;
 use crate::context::Context;
@@ -50,23 +50,37 @@ pub async fn run(file: &Path, config: &Path, namespace: Option<String>) -> anyho
         .await
         .context("cannot reach Kubernetes (KUBECONFIG)")?;
     let kind = manifest["kind"].as_str().unwrap_or_default().to_string();
-    anyhow::ensure!(
-        kind == "VaultSecret",
-        "vaultsync check supports kind VaultSecret in this version; {} has kind {kind:?}",
-        file.display()
-    );
-    let mut obj: VaultSecret = serde_json::from_value(manifest)
-        .map_err(|e| anyhow::anyhow!("{} is not a valid VaultSecret: {e}", file.display()))?;
-    if obj.metadata.namespace.is_none() {
-        obj.metadata.namespace =
-            Some(namespace.unwrap_or_else(|| client.default_namespace().to_string()));
-    }
+    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
     let ctx = Context::new(client, config, Arc::default(), Vec::new())?;
-    match check(&obj, &ctx).await {
+    match kind.as_str() {
+        "VaultSecret" => report::<VaultSecret>(file, manifest, namespace, &ctx).await,
+        "AzureKeyVaultSecret" => {
+            report::<AzureKeyVaultSecret>(file, manifest, namespace, &ctx).await
+        }
+        _ => anyhow::bail!(
+            "vaultsync check supports kinds VaultSecret and AzureKeyVaultSecret; {} has kind {kind:?}",
+            file.display()
+        ),
+    }
+}
+
+/// Checks one manifest of kind `K` and prints the Secret it would write.
+async fn report<K: SyncedResource>(
+    file: &Path,
+    manifest: serde_json::Value,
+    namespace: String,
+    ctx: &Context,
+) -> anyhow::Result<()> {
+    let mut obj: K = serde_json::from_value(manifest)
+        .map_err(|e| anyhow::anyhow!("{} is not a valid {}: {e}", file.display(), K::KIND))?;
+    if obj.meta().namespace.is_none() {
+        obj.meta_mut().namespace = Some(namespace);
+    }
+    match check(&obj, ctx).await {
         Ok((desired, version)) => {
             println!(
                 "{} {}/{}: Secret {} of type {} from source version {}",
-                kind,
+                K::KIND,
                 obj.namespace().unwrap_or_default(),
                 obj.name_any(),
                 desired.name,

@@ -21,7 +21,11 @@ APISERVER_PORT=${APISERVER_PORT:-16443}
 KCM_PORT=${KCM_PORT:-10357}
 BAO_PORT=${BAO_PORT:-18200}
 PG_PORT=${PG_PORT:-15432}
-LOWKEY_PORT=${LOWKEY_PORT:-18443}
+# Key Vault listens on 443, the port real vault URLs imply: SDKs that compare the vault URL
+# with the challenge resource (the Python SDK compares the port too) then accept it as is.
+KEYVAULT_PORT=${KEYVAULT_PORT:-443}
+# The vault URL suffix for the port: none for 443.
+if [[ $KEYVAULT_PORT == 443 ]]; then KEYVAULT_PORT_SUFFIX=""; else KEYVAULT_PORT_SUFFIX=":$KEYVAULT_PORT"; fi
 TOKEN_PORT=${TOKEN_PORT:-18444}
 
 log() { printf '[env] %s\n' "$*" >&2; }

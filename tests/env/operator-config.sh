@@ -4,7 +4,7 @@
 # documented in the README's configuration reference.
 source "$(dirname "$0")/lib.sh"
 
-for comp in openbao lowkey; do
+for comp in openbao keyvault; do
   # shellcheck disable=SC1090
   if [[ -f $ENV_DIR/$comp.env ]]; then source "$ENV_DIR/$comp.env"; fi
 done
@@ -31,3 +31,20 @@ vault:
         role: "{namespace}"
         serviceAccountName: default
 YAML
+
+# The local Azure Key Vault (tests/env/keyvault.sh): one vault per name, e.g. the vault of a
+# AzureKeyVaultSecret naming vault "team-a" is https://team-a.vault.azure.net (port $KEYVAULT_PORT).
+if [[ -n ${AZURE_KEYVAULT_CA_FILE:-} ]]; then
+  cat <<YAML
+azure:
+  default:
+    vaultUrlTemplate: "https://{name}.vault.azure.net${KEYVAULT_PORT_SUFFIX}"
+    authorityHost: "${AZURE_AUTHORITY_HOST}"
+    tenantId: "${AZURE_TENANT_ID}"
+    caFile: "${AZURE_KEYVAULT_CA_FILE}"
+    defaultAuth:
+      workloadIdentity:
+        serviceAccountName: default
+        clientId: vaultsync-namespace-reader
+YAML
+fi

@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::sync::render::is_valid_key;
 
 mod chain;
+mod pfx;
 
 pub use chain::{MAX_CERTIFICATES, PrivateKey, not_after, order_chain};
 
@@ -78,49 +79,21 @@ fn from_pkcs12(secret_value: &str) -> Result<CertificateMaterial> {
     let der = STANDARD.decode(compact.as_bytes()).map_err(|_| {
         Error::InvalidData("the certificate's PKCS#12 value is not standard base64".into())
     })?;
-    let archive = p12_keystore::Pkcs12Archive::from_pkcs12(&der, "").map_err(pkcs12_error)?;
-    if archive.keys.len() > 1 {
+    let contents = pfx::read(&der)?;
+    if contents.keys.len() > 1 {
         return Err(Error::InvalidData(format!(
             "the PKCS#12 holds {} private keys; a Key Vault certificate has one",
-            archive.keys.len()
+            contents.keys.len()
         )));
     }
-    let private_key = match archive.keys.first() {
-        Some(bag) => Some(PrivateKey::from_pkcs8(bag.key.as_der())?),
+    let private_key = match contents.keys.first() {
+        Some(pkcs8) => Some(PrivateKey::from_pkcs8(pkcs8)?),
         None => None,
     };
-    let certificates: Vec<Vec<u8>> = archive
-        .certs
-        .iter()
-        .map(|bag| bag.cert.as_der().to_vec())
-        .collect();
     Ok(CertificateMaterial {
         private_key,
-        certificates,
+        certificates: contents.certificates,
     })
-}
-
-/// Says what is wrong with a PKCS#12 without repeating the library's text, which may
-/// quote decoded bytes.
-fn pkcs12_error(e: p12_keystore::error::Error) -> Error {
-    use p12_keystore::error::Error as P;
-    let why = match e {
-        P::MacError(_) => {
-            "its integrity check (MAC) fails with an empty password; Key Vault's PKCS#12 has none"
-        }
-        P::UnsupportedEncryptionScheme | P::UnsupportedMacAlgorithm => {
-            "it is encrypted or protected with an unsupported algorithm"
-        }
-        P::UnpadError | P::Pkcs5Error(_) | P::InvalidLength => {
-            "its bags do not decrypt with an empty password"
-        }
-        P::InvalidParameters => "its encryption parameters are invalid or too costly",
-        P::InvalidPrivateKey => "its private key is not a well-formed PKCS#8 key",
-        P::UnsupportedCertificateType => "it holds a certificate that is not X.509",
-        P::X509Error(_) => "it holds a certificate that is not well-formed X.509",
-        _ => "it is not a well-formed PKCS#12 file",
-    };
-    Error::InvalidData(format!("the certificate's PKCS#12 cannot be read: {why}"))
 }
 
 fn from_pem(secret_value: &str) -> Result<CertificateMaterial> {

@@ -235,21 +235,8 @@ pub fn order_chain(certificates: &[Vec<u8>], key: Option<&PrivateKey>) -> Result
         return Ok(chain.iter().map(|&i| entries[i].der.to_vec()).collect());
     }
     let last = &entries[*chain.last().unwrap_or(&leaf)];
-    // The usual forgery or mix-up: a certificate with the right issuer name but not the
-    // right issuer key.
-    if let Some(named) = left.iter().find(|e| last.names_as_issuer(e)) {
-        let why = match last.cert.verify_signature(Some(named.cert.public_key())) {
-            Err(X509Error::SignatureUnsupportedAlgorithm) => format!(
-                "vaultsync cannot check its signature algorithm ({})",
-                last.cert.signature_algorithm.algorithm
-            ),
-            _ => format!("its signature does not verify with the key of {named}"),
-        };
-        return Err(Error::InvalidData(format!(
-            "{last} names {} as its issuer, and {named} has that subject, but {why}: the chain is \
-             broken there",
-            last.cert.issuer()
-        )));
+    if let Some(message) = broken_link(last, &left) {
+        return Err(Error::InvalidData(message));
     }
     let names: Vec<String> = left.iter().map(|e| e.to_string()).collect();
     Err(Error::InvalidData(format!(
@@ -259,6 +246,26 @@ pub fn order_chain(certificates: &[Vec<u8>], key: Option<&PrivateKey>) -> Result
         if names.len() == 1 { "is" } else { "are" },
         entries[leaf]
     )))
+}
+
+/// The usual forgery or mix-up: a certificate with `child`'s issuer name but not the key
+/// that signed `child`.
+fn broken_link(child: &Entry<'_>, candidates: &[&Entry<'_>]) -> Option<String> {
+    let named = candidates
+        .iter()
+        .find(|e| !std::ptr::eq(**e, child) && child.names_as_issuer(e) && !child.issued_by(e))?;
+    let why = match child.cert.verify_signature(Some(named.cert.public_key())) {
+        Err(X509Error::SignatureUnsupportedAlgorithm) => format!(
+            "vaultsync cannot check its signature algorithm ({})",
+            child.cert.signature_algorithm.algorithm
+        ),
+        _ => "its signature does not verify with that certificate's key".to_string(),
+    };
+    Some(format!(
+        "{child} names its issuer {}, and {named} has that subject, but {why}: the chain is \
+         broken there",
+        child.cert.issuer()
+    ))
 }
 
 fn find_leaf(
@@ -284,7 +291,7 @@ fn find_leaf(
                 .collect();
             match (owners.as_slice(), ends.as_slice()) {
                 ([], _) => Err(Error::InvalidData(format!(
-                    "the private key belongs to none of the {} certificates",
+                    "the private key belongs to none of the certificates ({} in all)",
                     entries.len()
                 ))),
                 ([only], _) | (_, [only]) => Ok(*only),
@@ -302,11 +309,17 @@ fn find_leaf(
                 [] => Err(Error::InvalidData(
                     "the certificates issue each other in a loop: no certificate is a leaf".into(),
                 )),
-                _ => Err(Error::InvalidData(format!(
-                    "the certificates do not form one chain: {} issued no other certificate, and \
-                     a chain has one leaf",
-                    list(&ends)
-                ))),
+                _ => {
+                    let all: Vec<&Entry<'_>> = entries.iter().collect();
+                    let broken = ends.iter().find_map(|&e| broken_link(&entries[e], &all));
+                    Err(Error::InvalidData(broken.unwrap_or_else(|| {
+                        format!(
+                            "the certificates do not form one chain: {} issued no other \
+                             certificate, and a chain has one leaf",
+                            list(&ends)
+                        )
+                    })))
+                }
             }
         }
     }

@@ -43,10 +43,7 @@ fn invalid_data(result: Result<impl std::fmt::Debug>) -> String {
 
 /// Fails if `message` holds any 16-character window of `secret` (base64 or PEM body).
 fn assert_no_window(message: &str, secret: &str) {
-    let body: String = secret
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
+    let body: String = secret.lines().filter(|l| !l.starts_with("-----")).collect();
     let chars: Vec<char> = body.chars().collect();
     for window in chars.windows(16) {
         let window: String = window.iter().collect();
@@ -110,9 +107,19 @@ fn pfx_without_key_gives_certificates_only() {
 #[test]
 fn content_type_is_sniffed_when_absent() {
     let value = b64(fixture_bytes!("rsa-legacy.pfx"));
-    assert!(certificate(&value, None, None).unwrap().private_key.is_some());
+    assert!(
+        certificate(&value, None, None)
+            .unwrap()
+            .private_key
+            .is_some()
+    );
     let bundle = fixture!("rsa-bundle.pem");
-    assert!(certificate(bundle, None, None).unwrap().private_key.is_some());
+    assert!(
+        certificate(bundle, None, None)
+            .unwrap()
+            .private_key
+            .is_some()
+    );
 }
 
 #[test]
@@ -231,7 +238,8 @@ fn not_after_is_the_leafs() {
 
 #[test]
 fn encrypted_pem_key_is_refused() {
-    let value = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+    let value =
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
     let message = invalid_data(certificate(value, Some(PEM_FILE), None));
     assert!(message.contains("encrypted"), "{message}");
 }
@@ -248,7 +256,12 @@ fn unrelated_certificate_is_refused_by_name() {
 
 #[test]
 fn unrelated_certificate_without_key_is_refused_by_name() {
-    let certs = vec![der(RSA_LEAF), der(fixture!("unrelated.pem")), der(RSA_ROOT), der(RSA_INTERMEDIATE)];
+    let certs = vec![
+        der(RSA_LEAF),
+        der(fixture!("unrelated.pem")),
+        der(RSA_ROOT),
+        der(RSA_INTERMEDIATE),
+    ];
     let message = invalid_data(order_chain(&certs, None));
     assert!(message.contains("CN=Unrelated"), "{message}");
     assert!(message.contains("CN=leaf.example.test"), "{message}");
@@ -257,12 +270,20 @@ fn unrelated_certificate_without_key_is_refused_by_name() {
 #[test]
 fn forged_link_with_a_matching_issuer_name_is_refused() {
     // forged-leaf names "RSA Intermediate" as its issuer, but another key signed it.
-    let message = invalid_data(certificate(fixture!("forged-bundle.pem"), Some(PEM_FILE), None));
+    let message = invalid_data(certificate(
+        fixture!("forged-bundle.pem"),
+        Some(PEM_FILE),
+        None,
+    ));
     assert!(message.contains("CN=forged.example.test"), "{message}");
     assert!(message.contains("CN=RSA Intermediate"), "{message}");
     assert!(message.contains("does not verify"), "{message}");
     // The same leaf with its real issuer is fine.
-    let good = vec![der(fixture!("forged-leaf.pem")), der(fixture!("forged-intermediate.pem")), der(RSA_ROOT)];
+    let good = vec![
+        der(fixture!("forged-leaf.pem")),
+        der(fixture!("forged-intermediate.pem")),
+        der(RSA_ROOT),
+    ];
     assert_eq!(order_chain(&good, None).unwrap().len(), 3);
 }
 
@@ -273,6 +294,7 @@ fn tampered_signature_breaks_the_link() {
     leaf[last] ^= 0x01; // the signature is the certificate's last field
     let message = invalid_data(order_chain(&[leaf, der(RSA_INTERMEDIATE)], None));
     assert!(message.contains("CN=RSA Intermediate"), "{message}");
+    assert!(message.contains("does not verify"), "{message}");
 }
 
 #[test]
@@ -330,7 +352,11 @@ fn jwk_public_keys_match_openssl() {
         (fixture!("ec-p521.pub.pem"), Some("P-521")),
         (fixture!("ec-p256k.pub.pem"), Some("P-256K")),
     ] {
-        assert_eq!(public_key_pem(&jwk_of(pem_text, crv)).unwrap(), pem_text, "{crv:?}");
+        assert_eq!(
+            public_key_pem(&jwk_of(pem_text, crv)).unwrap(),
+            pem_text,
+            "{crv:?}"
+        );
     }
 }
 
@@ -373,16 +399,30 @@ fn json_object_expands_to_keys() {
     .unwrap();
     assert_eq!(
         texts(&data),
-        [("port", "5432"), ("ratio", "0.5"), ("tls", "true"), ("user", "app")]
+        [
+            ("port", "5432"),
+            ("ratio", "0.5"),
+            ("tls", "true"),
+            ("user", "app")
+        ]
     );
 }
 
 #[test]
 fn yaml_mapping_expands_to_keys() {
-    let data = multi_key_value("user: app\nport: 5432\ntls: true\nnote: 'a: b'\n", AzureContentType::Yaml).unwrap();
+    let data = multi_key_value(
+        "user: app\nport: 5432\ntls: true\nnote: 'a: b'\n",
+        AzureContentType::Yaml,
+    )
+    .unwrap();
     assert_eq!(
         texts(&data),
-        [("note", "a: b"), ("port", "5432"), ("tls", "true"), ("user", "app")]
+        [
+            ("note", "a: b"),
+            ("port", "5432"),
+            ("tls", "true"),
+            ("user", "app")
+        ]
     );
 }
 
@@ -394,7 +434,10 @@ fn nested_values_are_refused_naming_the_key() {
     ));
     assert!(message.contains("\"db\""), "{message}");
     assert!(!message.contains("hunter2"), "{message}");
-    let message = invalid_data(multi_key_value("list:\n  - hunter2\n", AzureContentType::Yaml));
+    let message = invalid_data(multi_key_value(
+        "list:\n  - hunter2\n",
+        AzureContentType::Yaml,
+    ));
     assert!(message.contains("\"list\""), "{message}");
     assert!(!message.contains("hunter2"), "{message}");
     let message = invalid_data(multi_key_value(r#"{"gone": null}"#, AzureContentType::Json));
@@ -405,7 +448,10 @@ fn nested_values_are_refused_naming_the_key() {
 fn bad_keys_repeats_and_non_objects_are_refused() {
     let message = invalid_data(multi_key_value(r#"{"a/b": "x"}"#, AzureContentType::Json));
     assert!(message.contains("\"a/b\""), "{message}");
-    let message = invalid_data(multi_key_value(r#"{"a": "x", "a": "y"}"#, AzureContentType::Json));
+    let message = invalid_data(multi_key_value(
+        r#"{"a": "x", "a": "y"}"#,
+        AzureContentType::Json,
+    ));
     assert!(message.contains("repeats"), "{message}");
     invalid_data(multi_key_value(r#"["hunter2"]"#, AzureContentType::Json));
     invalid_data(multi_key_value("- hunter2\n", AzureContentType::Yaml));
@@ -418,10 +464,22 @@ fn bad_keys_repeats_and_non_objects_are_refused() {
 #[test]
 fn transforms_apply_in_order() {
     use Transform::*;
-    assert_eq!(apply_transforms(b" hi \n".to_vec(), &[Trim, Base64encode]).unwrap(), b"aGk=");
-    assert_eq!(apply_transforms(b" hi \n".to_vec(), &[Base64encode, Trim]).unwrap(), b"IGhpIAo=");
-    assert_eq!(apply_transforms(b"IGhpIA==\n".to_vec(), &[Base64decode, Trim]).unwrap(), b"hi");
-    assert_eq!(apply_transforms(b"IGhpIA".to_vec(), &[Base64decode]).unwrap(), b" hi ");
+    assert_eq!(
+        apply_transforms(b" hi \n".to_vec(), &[Trim, Base64encode]).unwrap(),
+        b"aGk="
+    );
+    assert_eq!(
+        apply_transforms(b" hi \n".to_vec(), &[Base64encode, Trim]).unwrap(),
+        b"IGhpIAo="
+    );
+    assert_eq!(
+        apply_transforms(b"IGhpIA==\n".to_vec(), &[Base64decode, Trim]).unwrap(),
+        b"hi"
+    );
+    assert_eq!(
+        apply_transforms(b"IGhpIA".to_vec(), &[Base64decode]).unwrap(),
+        b" hi "
+    );
     assert_eq!(apply_transforms(b"x".to_vec(), &[]).unwrap(), b"x");
 }
 
@@ -439,20 +497,34 @@ fn invalid_base64_is_refused_without_echoing_it() {
 fn only_public_material_goes_to_a_config_map() {
     assert!(config_map_allowed(AzureObjectType::Certificate).is_ok());
     assert!(config_map_allowed(AzureObjectType::Key).is_ok());
-    assert!(matches!(config_map_allowed(AzureObjectType::Secret), Err(Error::InvalidSpec(_))));
+    assert!(matches!(
+        config_map_allowed(AzureObjectType::Secret),
+        Err(Error::InvalidSpec(_))
+    ));
     assert!(matches!(
         config_map_data(ReadObject::MultiKeyValueSecret, "data"),
         Err(Error::InvalidSpec(_))
     ));
 
-    let cert = certificate(fixture!("rsa-bundle.pem"), Some(PEM_FILE), Some(ChainOrder::Ensureserverfirst)).unwrap();
+    let cert = certificate(
+        fixture!("rsa-bundle.pem"),
+        Some(PEM_FILE),
+        Some(ChainOrder::Ensureserverfirst),
+    )
+    .unwrap();
     let data = config_map_data(ReadObject::Certificate(&cert), "ca.crt").unwrap();
-    assert_eq!(data["ca.crt"], format!("{RSA_LEAF}{RSA_INTERMEDIATE}{RSA_ROOT}"));
+    assert_eq!(
+        data["ca.crt"],
+        format!("{RSA_LEAF}{RSA_INTERMEDIATE}{RSA_ROOT}")
+    );
     assert!(!data["ca.crt"].contains("PRIVATE KEY"));
 
     let pub_pem = fixture!("ec-p256.pub.pem");
     let jwk = jwk_of(pub_pem, Some("P-256"));
     let data = config_map_data(ReadObject::Key(&jwk), "key.pem").unwrap();
     assert_eq!(data["key.pem"], pub_pem);
-    assert!(matches!(config_map_data(ReadObject::Key(&jwk), "a/b"), Err(Error::InvalidSpec(_))));
+    assert!(matches!(
+        config_map_data(ReadObject::Key(&jwk), "a/b"),
+        Err(Error::InvalidSpec(_))
+    ));
 }
