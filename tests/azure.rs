@@ -761,3 +761,81 @@ async fn akv2k8s_manifests_sync_unchanged() {
     assert_eq!(value(&s, "username").as_deref(), Some("app"));
     assert_no_leak(&client, &ns, &op, &[&yaml_value]).await;
 }
+
+#[tokio::test]
+async fn a_throttling_vault_is_left_alone_until_it_recovers() {
+    let kv = kv();
+    let (client, ns) = setup("e2e-akv-429").await;
+    let p = ns.to_string();
+    let count = 8;
+    let mut values = Vec::new();
+    for i in 0..count {
+        let v = canary(&format!("t{i}"));
+        kv.set_secret("bench", &format!("{p}-s{i}"), &v, None)
+            .await
+            .unwrap();
+        values.push(v);
+    }
+    kv.script(&[
+        "grant",
+        "bench",
+        "vaultsync-namespace-reader",
+        "secrets=get",
+    ])
+    .unwrap();
+    // Three requests per four seconds, fewer than the resources ask at once.
+    kv.script(&["throttle", "bench", "3", "4"]).unwrap();
+    let op = operator(&ns, &kv, kv.port, OperatorOptions::default()).await;
+    for i in 0..count {
+        apply(
+            &client,
+            &ns,
+            &akvs(
+                &format!("s{i}"),
+                "bench",
+                "",
+                &format!("{{name: {p}-s{i}, type: secret}}"),
+                "{secret: {dataKey: v}}",
+                "",
+            ),
+        )
+        .await;
+    }
+    let started = std::time::Instant::now();
+    let all_ready = common::wait_until(
+        Duration::from_secs(90),
+        "every resource despite the 429s",
+        || {
+            let client = client.clone();
+            let ns = ns.clone();
+            async move {
+                for i in 0..count {
+                    secret(&client, &ns, &format!("s{i}")).await?;
+                }
+                Some(())
+            }
+        },
+    )
+    .await;
+    let _ = all_ready;
+    let elapsed = started.elapsed();
+    kv.script(&["throttle", "bench", "off"]).unwrap();
+    let ok = op.present_metric("vaultsync_backend_requests_total{backend=\"azure\",operation=\"secret_read\",outcome=\"ok\"}").await;
+    let throttled = op
+        .metric("vaultsync_backend_requests_total{backend=\"azure\",operation=\"secret_read\",outcome=\"throttled\"}")
+        .await
+        .unwrap_or(0.0);
+    println!(
+        "{count} resources through a 3-per-4s vault: {elapsed:?}, {ok} reads, {throttled} throttled"
+    );
+    assert!(throttled >= 1.0, "the vault did throttle");
+    assert_eq!(ok, count as f64, "one successful read per resource");
+    // Honoured: after a 429 the whole vault is paused, so the refused requests stay a
+    // small multiple of the resources, however long the vault throttles.
+    assert!(
+        throttled <= 2.0 * count as f64,
+        "{throttled} requests were refused with 429: the operator kept asking"
+    );
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    assert_no_leak(&client, &ns, &op, &refs).await;
+}

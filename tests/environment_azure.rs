@@ -1,13 +1,12 @@
-//! The Azure identity side of the local environment (tests/env/lowkey.sh): the local token
+//! The Azure identity side of the local environment (tests/env/keyvault.sh): the local token
 //! endpoint (tests/env/token-endpoint.py) as Entra ID, over HTTPS with the local CA in
-//! LOWKEY_CA_FILE.
+//! AZURE_KEYVAULT_CA_FILE.
 //!
 //! Proves that the real Azure SDK credentials work against it the way the operator will use
 //! them: a `ClientSecretCredential` and a `WorkloadIdentityCredential` fed a Kubernetes
 //! TokenRequest token, whose authority host is the local token endpoint, over a reqwest
-//! client that trusts only the local CA. They ask for a Key Vault token directly; reading a
-//! secret with it needs a Key Vault, which comes with the project's own (issue "Azure Key
-//! Vault end to end"): Lowkey Vault's jar is not published to any registry reached here.
+//! client that trusts only the local CA. They ask for a Key Vault token directly; reading
+//! secrets with such tokens is tested in tests/azure.rs and tests/keyvault_sdk.rs.
 //!
 //! Needs the environment: `make env-up`, then `source target/env/env.sh`. A missing variable
 //! fails the test; nothing is skipped.
@@ -50,9 +49,9 @@ struct AzureEnv {
 
 impl AzureEnv {
     fn load() -> Self {
-        let c = "lowkey (tests/env/lowkey.sh)";
+        let c = "local Key Vault (tests/env/keyvault.sh)";
         Self {
-            ca_file: env_var(c, "LOWKEY_CA_FILE"),
+            ca_file: env_var(c, "AZURE_KEYVAULT_CA_FILE"),
             authority_host: env_var(c, "AZURE_AUTHORITY_HOST"),
             tenant_id: env_var(c, "AZURE_TENANT_ID"),
             client_id: env_var(c, "AZURE_CLIENT_ID"),
@@ -63,9 +62,9 @@ impl AzureEnv {
     /// A reqwest client (rustls) that trusts only the local CA.
     fn http_client(&self) -> reqwest::Client {
         let pem = std::fs::read(&self.ca_file)
-            .unwrap_or_else(|e| panic!("reading LOWKEY_CA_FILE {}: {e}", self.ca_file));
+            .unwrap_or_else(|e| panic!("reading AZURE_KEYVAULT_CA_FILE {}: {e}", self.ca_file));
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .unwrap_or_else(|e| panic!("parsing LOWKEY_CA_FILE {}: {e}", self.ca_file));
+            .unwrap_or_else(|e| panic!("parsing AZURE_KEYVAULT_CA_FILE {}: {e}", self.ca_file));
         reqwest::Client::builder()
             .tls_certs_only(certs)
             .build()
@@ -288,43 +287,32 @@ mod workload_identity {
         out
     }
 
-    /// Serializes this process's edits of the clients file (the tests run in parallel).
-    static CLIENTS_FILE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    /// Applies `edit` to the token endpoint's clients file (re-read by it on every request):
-    /// written to a temporary file and renamed over the old one.
-    fn edit_clients_file(edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
-        let _guard = CLIENTS_FILE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        let path = env_var("lowkey (tests/env/lowkey.sh)", "LOWKEY_CLIENTS_FILE");
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("reading LOWKEY_CLIENTS_FILE {path}: {e}"));
-        let mut clients: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {path}: {e}"));
-        edit(&mut clients);
-        let tmp = format!("{path}.{}.tmp", random_hex(4));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&clients).unwrap())
-            .expect("writing clients");
-        std::fs::rename(&tmp, &path).expect("replacing the clients file");
+    /// Registers a client whose only credential is a federated service account identity,
+    /// with the environment's own command (which serializes edits of the clients file).
+    fn register_federated_client(client_id: &str, _tenant: &str, _issuer: &str, subject: &str) {
+        let script = env_var(
+            "local Key Vault (tests/env/keyvault.sh)",
+            "AZURE_KEYVAULT_SH",
+        );
+        let out = std::process::Command::new("bash")
+            .args([
+                script.as_str(),
+                "register-client",
+                client_id,
+                "--federated",
+                subject,
+            ])
+            .output()
+            .expect("running keyvault.sh register-client");
+        assert!(
+            out.status.success(),
+            "keyvault.sh register-client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
-    /// Registers a client whose only credential is a federated service account identity.
-    fn register_federated_client(client_id: &str, tenant: &str, issuer: &str, subject: &str) {
-        edit_clients_file(|clients| {
-            clients.insert(
-                client_id.to_string(),
-                serde_json::json!({
-                    "tenant": tenant,
-                    "federated": {"issuer": issuer, "subject": subject, "audience": FEDERATED_AUDIENCE},
-                }),
-            );
-        });
-    }
-
-    fn unregister_client(client_id: &str) {
-        edit_clients_file(|clients| {
-            clients.remove(client_id);
-        });
-    }
+    /// Client ids are random per test; a registration left behind names no one.
+    fn unregister_client(_client_id: &str) {}
 
     fn workload_credential(
         env: &AzureEnv,

@@ -27,6 +27,8 @@ use crate::metrics::Metrics;
 
 /// How long a vault is left alone after a 429 that named no delay.
 const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(2);
+/// The longest pause after 429s in a row.
+const MAX_THROTTLE_PAUSE: Duration = Duration::from_secs(30);
 
 /// What to read: a secret (also a certificate's secret) or a key, at a version or latest.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -86,10 +88,60 @@ impl SharedError {
     }
 }
 
-/// Per-vault limits: even spacing, and a pause after a 429.
+/// Per-vault limits: even spacing, and after a 429 a pause, then one request at a time
+/// until the vault answers again.
 struct VaultLimit {
     limiter: RateLimiter,
     paused_until: Mutex<Option<tokio::time::Instant>>,
+    /// 429s in a row; 0 when the vault last answered normally.
+    throttled: std::sync::atomic::AtomicU32,
+    /// Held by the one request that probes a vault recovering from a 429.
+    probe: tokio::sync::Mutex<()>,
+}
+
+impl VaultLimit {
+    fn paused(&self) -> Option<tokio::time::Instant> {
+        let until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.filter(|u| *u > tokio::time::Instant::now())
+    }
+
+    /// Waits until the vault may be asked: after any pause, and, while it recovers from
+    /// a 429, for the probe slot (returned, to hold during the request).
+    async fn admit(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        use std::sync::atomic::Ordering;
+        loop {
+            while let Some(until) = self.paused() {
+                tokio::time::sleep_until(until).await;
+            }
+            if self.throttled.load(Ordering::Relaxed) == 0 {
+                self.limiter.acquire().await;
+                return None;
+            }
+            let probe = self.probe.lock().await;
+            // Another probe may have been refused while this one waited.
+            if self.paused().is_none() {
+                self.limiter.acquire().await;
+                return Some(probe);
+            }
+        }
+    }
+
+    /// Records the answer: a 429 pauses the vault (as asked, else exponentially from
+    /// 2 s up to 30 s); any other answer ends the recovery.
+    fn record(&self, retry_after: Option<Duration>, throttled: bool) -> Duration {
+        use std::sync::atomic::Ordering;
+        if !throttled {
+            self.throttled.store(0, Ordering::Relaxed);
+            return Duration::ZERO;
+        }
+        let n = self.throttled.fetch_add(1, Ordering::Relaxed).min(4);
+        let wait = retry_after
+            .unwrap_or(DEFAULT_THROTTLE_PAUSE * 2u32.pow(n))
+            .min(MAX_THROTTLE_PAUSE);
+        *self.paused_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(tokio::time::Instant::now() + wait);
+        wait
+    }
 }
 
 /// The SDK clients of one vault for one identity.
@@ -170,6 +222,8 @@ impl Connection {
                 Arc::new(VaultLimit {
                     limiter: RateLimiter::new(self.config.requests_per_second),
                     paused_until: Mutex::new(None),
+                    throttled: Default::default(),
+                    probe: Default::default(),
                 })
             })
             .clone()
@@ -289,11 +343,7 @@ async fn read_once(
     vault_url: String,
     object: ObjectRef,
 ) -> Result<Read> {
-    let paused = *limit.paused_until.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(until) = paused {
-        tokio::time::sleep_until(until).await;
-    }
-    limit.limiter.acquire().await;
+    let _probe = limit.admit().await;
     let what = format!(
         "{} {:?} in {vault_url}",
         if object.key { "key" } else { "secret" },
@@ -309,21 +359,20 @@ async fn read_once(
     } else {
         read_secret(&clients.secrets, &object).await
     };
-    let result = result.map_err(|e| classify(&what, e));
+    let header = match &result {
+        Err(e) if e.http_status().map(u16::from) == Some(429) => Some(retry_after_header(e)),
+        _ => None,
+    };
+    let wait = limit.record(header.flatten(), header.is_some());
+    let result = result.map_err(|e| classify(&what, e, wait));
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(e) if e.reason() == "BackendUnavailable" && e.retry_after().is_some() => "throttled",
+        Err(_) if header.is_some() => "throttled",
         Err(e) => e.reason(),
     };
     metrics.backend_request("azure", operation, outcome);
-    if let Err(Error::BackendUnavailable {
-        retry_after: Some(wait),
-        ..
-    }) = &result
-    {
+    if header.is_some() {
         tracing::info!(vault = %vault_url, wait_seconds = wait.as_secs_f64(), "Key Vault throttled: pausing requests to it");
-        *limit.paused_until.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(tokio::time::Instant::now() + *wait);
     }
     tracing::debug!(vault = %vault_url, object = %object.name, outcome, "key vault read");
     result
@@ -375,7 +424,7 @@ fn version_of(id: Option<&str>) -> String {
 
 /// Maps an SDK error to a reason. Key Vault's and Entra's error messages name objects,
 /// identities and permissions, never values.
-fn classify(what: &str, e: azure_core::Error) -> Error {
+fn classify(what: &str, e: azure_core::Error, throttle_wait: Duration) -> Error {
     use azure_core::error::ErrorKind;
     let status = e.http_status().map(u16::from);
     let service_message = match e.kind() {
@@ -401,14 +450,9 @@ fn classify(what: &str, e: azure_core::Error) -> Error {
         (Some(400), _) => Error::InvalidSpec(format!(
             "Key Vault refused the request for {what}: {detail}"
         )),
-        (Some(429), ErrorKind::HttpResponse { raw_response, .. }) => Error::BackendUnavailable {
+        (Some(429), _) => Error::BackendUnavailable {
             message: format!("Key Vault is throttling reads ({what}): {detail}"),
-            retry_after: Some(
-                raw_response
-                    .as_ref()
-                    .and_then(|r| retry_after(r.headers()))
-                    .unwrap_or(DEFAULT_THROTTLE_PAUSE),
-            ),
+            retry_after: Some(throttle_wait),
         },
         (_, ErrorKind::Credential) => Error::AuthFailed(format!(
             "cannot get a token to read {what}: {}",
@@ -420,14 +464,23 @@ fn classify(what: &str, e: azure_core::Error) -> Error {
 
 /// The delay a 429 asks for: `x-ms-retry-after-ms`, `retry-after-ms` or `Retry-After`
 /// (seconds), in the order the SDK checks them.
-fn retry_after(headers: &azure_core::http::headers::Headers) -> Option<Duration> {
+fn retry_after_header(e: &azure_core::Error) -> Option<Duration> {
     use azure_core::http::headers::HeaderName;
+    let azure_core::error::ErrorKind::HttpResponse {
+        raw_response: Some(raw),
+        ..
+    } = e.kind()
+    else {
+        return None;
+    };
     for (name, millis) in [
         ("x-ms-retry-after-ms", true),
         ("retry-after-ms", true),
         ("retry-after", false),
     ] {
-        if let Some(v) = headers.get_optional_str(&HeaderName::from_static(name))
+        if let Some(v) = raw
+            .headers()
+            .get_optional_str(&HeaderName::from_static(name))
             && let Ok(n) = v.trim().parse::<u64>()
         {
             return Some(if millis {

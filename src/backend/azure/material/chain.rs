@@ -146,8 +146,8 @@ impl Entry<'_> {
     }
 }
 
-/// Parses certificates (DER), dropping exact duplicates, which PKCS#12 files sometimes
-/// carry.
+/// The certificates (DER) in their order, without exact duplicates, which PKCS#12 files
+/// sometimes carry.
 pub(super) fn distinct(certificates: &[Vec<u8>]) -> Vec<&[u8]> {
     let mut out: Vec<&[u8]> = Vec::with_capacity(certificates.len());
     for der in certificates {
@@ -174,7 +174,7 @@ fn parse<'a>(certificates: &[&'a [u8]]) -> Result<Vec<Entry<'a>>> {
         .iter()
         .enumerate()
         .map(|(i, der)| match X509Certificate::from_der(der) {
-            Ok((rest, cert)) if rest.is_empty() => Ok(Entry {
+            Ok(([], cert)) => Ok(Entry {
                 der,
                 cert,
                 position: i + 1,

@@ -7,6 +7,7 @@ use x509_parser::prelude::{FromDer, SubjectPublicKeyInfo};
 use x509_parser::public_key::PublicKey;
 
 use super::*;
+use crate::api::{AzureContentType, Transform};
 
 macro_rules! fixture {
     ($name:literal) => {
@@ -234,6 +235,17 @@ fn not_after_is_the_leafs() {
         .to_zoned(jiff::tz::TimeZone::UTC)
         .year();
     assert!(year > 2100, "{year}");
+}
+
+#[test]
+fn text_around_pem_blocks_is_ignored() {
+    // `openssl pkcs12 -nodes` writes "Bag Attributes" lines before each block.
+    let value = format!(
+        "Bag Attributes\n    localKeyID: 01 00 00 00\n{RSA_LEAF_KEY}subject=CN = leaf\n{RSA_LEAF}"
+    );
+    let cert = certificate(&value, Some(PEM_FILE), None).unwrap();
+    assert_eq!(cert.chain, vec![der(RSA_LEAF)]);
+    assert!(cert.private_key.is_some());
 }
 
 #[test]
