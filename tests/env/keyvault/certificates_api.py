@@ -1,0 +1,436 @@
+"""Certificates operations (openapi/2025-07-01/certificates.json): import, get, list, policy,
+update, delete (with the certificate's key and secret), deleted/purge/recover.
+
+Import (fact 20) accepts a PFX (standard base64; legacy pbeWithSHA1And3-KeyTripleDES/RC2 or
+modern PBES2/AES; `pwd` optional) or PEM text (certificate(s) and a PKCS#8 private key, which
+may be encrypted with `pwd`). Each import makes one new version shared by three objects:
+  - the certificate (CertificateBundle: cer = DER, x5t = base64url(SHA-1(DER)), fact 21);
+  - the key (public JWK, managed);
+  - the secret (managed, kid = the key's id, fact 19) whose value follows the policy's
+    secret_props.contentType (default application/x-pkcs12):
+      application/x-pkcs12  standard base64 PKCS#12 without password, key + whole chain, leaf
+                            first, built like the service's (dotnet PFX recording: 3DES bags,
+                            SHA-1 MAC, 2000 iterations) with the openssl command;
+      application/x-pem-file  PKCS#8 "PRIVATE KEY" block, then the certificates (leaf first
+                            unless preserveCertOrder), as in the dotnet PEM recording.
+    A policy with key_props.exportable=false gives a secret without the private key (fact 19).
+The policy returned is derived from the certificate (subject, SANs, EKUs, key usage, validity,
+basic constraints), not from the request (fact 21; dotnet import recording).
+Certificate creation (POST .../create, issuers, contacts, merge, backup) is not implemented.
+"""
+
+import base64
+import hashlib
+import os
+import subprocess
+import tempfile
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+import keys_api
+from common import (KvError, b64url, bad_parameter, check_attributes, check_name, check_tags,
+                    new_version, object_body)
+from secrets_api import PEM, PKCS12
+from store import Version, page
+
+PFX_UNREADABLE = ("The specified PKCS#12 X.509 certificate content can not be read. Please check "
+                  "if certificate is in valid PKCS#12 format.")  # best reading
+PEM_UNREADABLE = ("The specified PEM X.509 certificate content is in an unexpected format. Please "
+                  "check if certificate is in valid PEM format.")  # best reading
+
+KEY_USAGE_NAMES = (("digital_signature", "digitalSignature"), ("content_commitment", "nonRepudiation"),
+                   ("key_encipherment", "keyEncipherment"), ("data_encipherment", "dataEncipherment"),
+                   ("key_agreement", "keyAgreement"), ("key_cert_sign", "keyCertSign"),
+                   ("crl_sign", "cRLSign"))
+
+
+# --- parsing the imported material ----------------------------------------------------------
+
+def parse_import(value, pwd):
+    """Returns (private_key, [certificates in the given order])."""
+    password = pwd.encode("utf-8") if pwd else None
+    text = value.strip()
+    if text.startswith("-----BEGIN"):
+        return parse_pem(text, password)
+    try:
+        der = base64.b64decode(text, validate=False)
+    except ValueError:
+        raise bad_parameter(PFX_UNREADABLE)
+    if der.lstrip().startswith(b"-----BEGIN"):
+        # The Python SDK always base64-encodes the bytes it is given, PEM included.
+        return parse_pem(der.decode("utf-8", "replace").strip(), password)
+    try:
+        loaded = pkcs12.load_pkcs12(der, password)
+    except Exception:
+        try:  # an unencrypted PFX given an empty password, or the reverse
+            loaded = pkcs12.load_pkcs12(der, b"" if password is None else None)
+        except Exception:
+            raise bad_parameter(PFX_UNREADABLE)
+    if loaded.key is None or loaded.cert is None:
+        raise bad_parameter(PFX_UNREADABLE)
+    certs = [loaded.cert.certificate] + [c.certificate for c in loaded.additional_certs]
+    return loaded.key, certs
+
+
+def parse_pem(text, password):
+    if "BEGIN RSA PRIVATE KEY" in text or "BEGIN EC PRIVATE KEY" in text:
+        raise bad_parameter(PEM_UNREADABLE)  # fact 20: PKCS#8 only
+    certs, key = [], None
+    for block in text.split("-----END ")[:-1]:
+        start = block.rfind("-----BEGIN ")
+        if start < 0:
+            continue
+        kind = block[start + len("-----BEGIN "):].split("-----", 1)[0]
+        pem = (block[start:] + "-----END " + kind + "-----\n").encode()
+        try:
+            if kind == "CERTIFICATE":
+                certs.append(x509.load_pem_x509_certificate(pem))
+            elif kind in ("PRIVATE KEY", "ENCRYPTED PRIVATE KEY"):
+                key = serialization.load_pem_private_key(pem, password)
+        except (ValueError, TypeError):
+            raise bad_parameter(PEM_UNREADABLE)
+    if key is None or not certs:
+        raise bad_parameter(PEM_UNREADABLE)
+    return key, certs
+
+
+def order_chain(key, certs, preserve):
+    """Fact 20: preserveCertOrder=false (default) puts the leaf (the key's certificate) first."""
+    pub = key.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    leaf = next((c for c in certs if c.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) == pub), None)
+    if leaf is None:
+        raise bad_parameter("The private key does not match any certificate in the content.")
+    if preserve:
+        return leaf, list(certs)
+    return leaf, [leaf] + [c for c in certs if c is not leaf]
+
+
+# --- building the secret value (fact 19) ------------------------------------------------------
+
+def pem_value(key, chain, exportable):
+    out = b""
+    if exportable:
+        out += key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+    for c in chain:
+        out += c.public_bytes(serialization.Encoding.PEM)
+    return out.decode("ascii")
+
+
+def pfx_value(key, leaf, chain, exportable):
+    """PKCS#12 with an empty password as the service makes it (3DES, SHA-1 MAC, 2000 rounds).
+
+    The `cryptography` package cannot write an empty-password encrypted PKCS#12, so the openssl
+    command (a prerequisite of the environment) does; the key never leaves a private temp dir.
+    """
+    with tempfile.TemporaryDirectory(prefix="kv-pfx-") as d:
+        leaf_file, chain_file = os.path.join(d, "leaf.pem"), os.path.join(d, "chain.pem")
+        key_file, out_file = os.path.join(d, "key.pem"), os.path.join(d, "out.pfx")
+        with open(leaf_file, "wb") as f:
+            f.write(leaf.public_bytes(serialization.Encoding.PEM))
+        others = [c for c in chain if c is not leaf]
+        with open(chain_file, "wb") as f:
+            for c in others:
+                f.write(c.public_bytes(serialization.Encoding.PEM))
+        cmd = ["openssl", "pkcs12", "-export", "-in", leaf_file, "-out", out_file,
+               "-passout", "pass:", "-keypbe", "PBE-SHA1-3DES", "-certpbe", "PBE-SHA1-3DES",
+               "-macalg", "sha1", "-iter", "2000"]
+        if others:
+            cmd += ["-certfile", chain_file]
+        if exportable:
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+            cmd += ["-inkey", key_file]
+        else:
+            cmd += ["-nokeys"]
+        run = subprocess.run(cmd, capture_output=True, timeout=30, check=False)
+        if run.returncode != 0:
+            raise KvError(500, "InternalServerError",
+                          "The local Key Vault could not build the PKCS#12 value: "
+                          + run.stderr.decode("utf-8", "replace")[:300])
+        with open(out_file, "rb") as f:
+            return base64.b64encode(f.read()).decode("ascii")
+
+
+# --- the policy derived from the certificate (fact 21) ---------------------------------------
+
+def validity_months(cert):
+    a, b = cert.not_valid_before_utc, cert.not_valid_after_utc
+    months = (b.year - a.year) * 12 + (b.month - a.month)
+    if (b.day, b.time()) > (a.day, a.time()):
+        months += 1
+    return months
+
+
+def derived_policy(cert, key, request_policy, content_type):
+    req_key = request_policy.get("key_props") or {}
+    key_props = {"exportable": req_key.get("exportable", True)}
+    if isinstance(key, rsa.RSAPrivateKey):
+        key_props.update({"kty": "RSA", "key_size": key.key_size})
+    else:
+        key_props.update({"kty": "EC", "crv": keys_api.CURVE_BY_NAME.get(key.curve.name)})
+    key_props["reuse_key"] = req_key.get("reuse_key", False)
+    x509_props = {"subject": ", ".join(cert.subject.rfc4514_string().split(","))}
+    ext = cert.extensions
+    try:
+        san = ext.get_extension_for_class(x509.SubjectAlternativeName).value
+        x509_props["sans"] = {
+            "emails": san.get_values_for_type(x509.RFC822Name),
+            "dns_names": san.get_values_for_type(x509.DNSName),
+            "upns": [],
+            "uris": san.get_values_for_type(x509.UniformResourceIdentifier),
+            "ipAddresses": [str(ip) for ip in san.get_values_for_type(x509.IPAddress)],
+        }
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        x509_props["ekus"] = [o.dotted_string for o in
+                              ext.get_extension_for_class(x509.ExtendedKeyUsage).value]
+    except x509.ExtensionNotFound:
+        x509_props["ekus"] = []
+    try:
+        ku = ext.get_extension_for_class(x509.KeyUsage).value
+        names = [name for attr, name in KEY_USAGE_NAMES if getattr(ku, attr)]
+        if ku.key_agreement:
+            names += [n for a, n in (("encipher_only", "encipherOnly"),
+                                     ("decipher_only", "decipherOnly")) if getattr(ku, a)]
+        x509_props["key_usage"] = sorted(names)  # the recording lists them alphabetically
+    except x509.ExtensionNotFound:
+        x509_props["key_usage"] = []
+    x509_props["validity_months"] = validity_months(cert)
+    try:
+        x509_props["basic_constraints"] = {
+            "ca": ext.get_extension_for_class(x509.BasicConstraints).value.ca}
+    except x509.ExtensionNotFound:
+        pass
+    issuer = dict(request_policy.get("issuer") or {"name": "Unknown"})
+    action = "AutoRenew" if issuer.get("name") == "Self" else "EmailContacts"
+    return {"key_props": key_props, "secret_props": {"contentType": content_type},
+            "x509_props": x509_props,
+            "lifetime_actions": request_policy.get("lifetime_actions") or [
+                {"trigger": {"lifetime_percentage": 80}, "action": {"action_type": action}}],
+            "issuer": issuer}
+
+
+# --- operations -----------------------------------------------------------------------------
+
+def ids(vault, name, version):
+    base = vault.base_url()
+    return (f"{base}/certificates/{name}/{version}", f"{base}/keys/{name}/{version}",
+            f"{base}/secrets/{name}/{version}")
+
+
+def bundle(vault, obj, v):
+    cid, kid, sid = ids(vault, obj.name, v.version)
+    out = {"id": cid, "kid": kid, "sid": sid, "x5t": v.data["x5t"], "cer": v.data["cer"],
+           "attributes": v.attributes(), "policy": policy_body(vault, obj, v)}
+    if v.tags:
+        out["tags"] = v.tags
+    if v.data.get("preserve"):
+        out["preserveCertOrder"] = True
+    return out
+
+
+def policy_body(vault, obj, v):
+    pol = {"id": f"{vault.base_url()}/certificates/{obj.name}/policy"}
+    pol.update(v.data["policy"])
+    pol["attributes"] = {"enabled": True, "created": v.created, "updated": v.created}
+    return pol
+
+
+def item(vault, obj, v, versioned=False):
+    cid = f"{vault.base_url()}/certificates/{obj.name}" + (f"/{v.version}" if versioned else "")
+    out = {"id": cid, "attributes": v.attributes()}
+    if v.tags:
+        out["tags"] = v.tags
+    out["x5t"] = v.data["x5t"]
+    return out
+
+
+def import_certificate(req, vault, name):
+    check_name(name)
+    body = object_body(req.json(), required=True)
+    value = body.get("value")
+    if not isinstance(value, str) or not value.strip():
+        raise bad_parameter("The parameter 'value' is required.")
+    pwd = body.get("pwd")
+    policy = body.get("policy") or {}
+    if not isinstance(policy, dict):
+        raise bad_parameter("The parameter 'policy' must be an object.")
+    content_type = (policy.get("secret_props") or {}).get("contentType") or PKCS12
+    if content_type not in (PKCS12, PEM):
+        raise bad_parameter(f"The content type {content_type} is not supported; use {PKCS12} or {PEM}.")
+    attrs = check_attributes(body.get("attributes"))
+    tags = check_tags(body.get("tags"))
+    preserve = bool(body.get("preserveCertOrder", False))
+    key, certs = parse_import(value, pwd if isinstance(pwd, str) else None)
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise bad_parameter("Only RSA and EC keys are supported.")
+    leaf, chain = order_chain(key, certs, preserve)
+    exportable = (policy.get("key_props") or {}).get("exportable", True) is not False
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    version = new_version()
+    cert_attrs = dict(attrs)
+    cert_attrs["nbf"] = int(leaf.not_valid_before_utc.timestamp())
+    cert_attrs["exp"] = int(leaf.not_valid_after_utc.timestamp())
+    secret_value = (pem_value(key, chain, exportable) if content_type == PEM
+                    else pfx_value(key, leaf, chain, exportable))
+    pem_form = pem_value(key, chain, exportable)
+    cert_v = Version(version, cert_attrs, tags, None, {
+        "cer": base64.b64encode(der).decode("ascii"),
+        "x5t": b64url(hashlib.sha1(der).digest()),
+        "policy": derived_policy(leaf, key, policy, content_type),
+        "preserve": preserve,
+    })
+    secrets_c = vault["secrets"]
+    existing = secrets_c.get(name)
+    if existing is not None and not existing.managed:
+        raise KvError(409, "Conflict", f"A secret named {name} already exists and does not back "
+                      "a certificate.")  # best reading
+    kid = f"{vault.base_url()}/keys/{name}/{version}"
+    secret_v = Version(version, cert_attrs, tags, content_type,
+                       {"value": secret_value, "pem": pem_form, "kid": kid},
+                       created=cert_v.created)
+    obj = vault["certificates"].add_version(name, cert_v)
+    secrets_c.add_version(obj.name, secret_v, managed=True)
+    key_obj = keys_api.add_certificate_key(vault, obj.name, key.public_key(), version, cert_attrs)
+    key_obj.latest().created = key_obj.latest().updated = cert_v.created
+    return 200, bundle(vault, obj, cert_v)
+
+
+def get_certificate(req, vault, name, version):
+    obj, v = vault["certificates"].lookup(name, version)
+    return 200, bundle(vault, obj, v)
+
+
+def get_policy(req, vault, name):
+    obj, v = vault["certificates"].lookup(name)
+    return 200, policy_body(vault, obj, v)
+
+
+def update_certificate(req, vault, name, version):
+    obj, v = vault["certificates"].lookup(name, version)
+    body = object_body(req.json())
+    attrs = check_attributes(body.get("attributes"))
+    tags = check_tags(body.get("tags")) if "tags" in body else None
+    v.update(attrs, tags)
+    # The certificate's key and secret versions follow its attributes.
+    for kind in ("keys", "secrets"):
+        other = vault[kind].get(name)
+        ov = other.find(v.version) if other else None
+        if ov is not None:
+            ov.update(attrs, tags)
+    return 200, bundle(vault, obj, v)
+
+
+def deleted_fields(vault, entry):
+    return {"recoveryId": f"{vault.base_url()}/deletedcertificates/{entry.obj.name}",
+            "deletedDate": entry.deleted_date, "scheduledPurgeDate": entry.scheduled_purge_date}
+
+
+def delete_certificate(req, vault, name):
+    entry = vault["certificates"].delete(name, req.settings.delete_delay)
+    for kind in ("keys", "secrets"):
+        if vault[kind].get(name) is not None:
+            vault[kind].delete(name, req.settings.delete_delay)
+    out = deleted_fields(vault, entry)
+    out.update(bundle(vault, entry.obj, entry.obj.latest()))
+    return 200, out
+
+
+def purge_certificate(req, vault, name):
+    vault["certificates"].purge(name)
+    for kind in ("keys", "secrets"):
+        if name.lower() in vault[kind].deleted:
+            vault[kind].purge(name)
+    return 204, None
+
+
+def recover_certificate(req, vault, name):
+    obj = vault["certificates"].recover(name)
+    for kind in ("keys", "secrets"):
+        if name.lower() in vault[kind].deleted:
+            vault[kind].recover(name)
+    return 200, bundle(vault, obj, obj.latest())
+
+
+def list_certificates(req, vault):
+    objs = sorted(vault["certificates"].live.values(), key=lambda o: o.name.lower())
+    chunk, next_link = page(objs, lambda o: o.name.lower(), req.query, req.next_link)
+    return 200, {"value": [item(vault, o, o.latest()) for o in chunk], "nextLink": next_link}
+
+
+def list_versions(req, vault, name):
+    obj = vault["certificates"].get(name)
+    if obj is None:
+        raise vault["certificates"].not_found(name)
+    versions = sorted(obj.versions, key=lambda v: (v.created, v.version))
+    chunk, next_link = page(versions, lambda v: [v.created, v.version], req.query, req.next_link)
+    return 200, {"value": [item(vault, obj, v, True) for v in chunk], "nextLink": next_link}
+
+
+def list_deleted(req, vault):
+    entries = sorted((e for e in vault["certificates"].deleted.values() if e.ready()),
+                     key=lambda e: e.obj.name.lower())
+    chunk, next_link = page(entries, lambda e: e.obj.name.lower(), req.query, req.next_link)
+    out = []
+    for e in chunk:
+        it = deleted_fields(vault, e)
+        it.update(item(vault, e.obj, e.obj.latest()))
+        out.append(it)
+    return 200, {"value": out, "nextLink": next_link}
+
+
+def get_deleted(req, vault, name):
+    entry = vault["certificates"].get_deleted(name)
+    out = deleted_fields(vault, entry)
+    out.update(bundle(vault, entry.obj, entry.obj.latest()))
+    return 200, out
+
+
+def route(req, parts):
+    m = req.command
+    if parts[0] == "certificates":
+        if len(parts) == 1 and m == "GET":
+            return "list", lambda r, vt: list_certificates(r, vt)
+        if len(parts) == 2 or (len(parts) == 3 and parts[2] == ""):
+            name = parts[1]
+            if m == "GET":
+                return "get", lambda r, vt: get_certificate(r, vt, name, "")
+            if m == "PATCH":
+                return "update", lambda r, vt: update_certificate(r, vt, name, "")
+            if m == "DELETE" and len(parts) == 2:
+                return "delete", lambda r, vt: delete_certificate(r, vt, name)
+        if len(parts) == 3:
+            name, sub = parts[1], parts[2]
+            if sub == "import" and m == "POST":
+                return "import", lambda r, vt: import_certificate(r, vt, name)
+            if sub == "versions" and m == "GET":
+                return "list", lambda r, vt: list_versions(r, vt, name)
+            if sub == "policy" and m == "GET":
+                return "get", lambda r, vt: get_policy(r, vt, name)
+            if sub not in ("create", "pending", "backup", "policy") and m == "GET":
+                return "get", lambda r, vt: get_certificate(r, vt, name, sub)
+            if sub not in ("create", "pending", "backup", "policy") and m == "PATCH":
+                return "update", lambda r, vt: update_certificate(r, vt, name, sub)
+    elif parts[0] == "deletedcertificates":
+        if len(parts) == 1 and m == "GET":
+            return "list", lambda r, vt: list_deleted(r, vt)
+        if len(parts) == 2:
+            name = parts[1]
+            if m == "GET":
+                return "get", lambda r, vt: get_deleted(r, vt, name)
+            if m == "DELETE":
+                return "purge", lambda r, vt: purge_certificate(r, vt, name)
+        if len(parts) == 3 and parts[2] == "recover" and m == "POST":
+            name = parts[1]
+            return "recover", lambda r, vt: recover_certificate(r, vt, name)
+    return None
