@@ -283,6 +283,19 @@ fn malformed() -> Vec<(&'static str, Value, &'static str)> {
             azure_secret(json!({"vault": {"name": "kv1"}})),
             "spec.vault.object: Required value",
         ),
+        (
+            "a secret into a ConfigMap",
+            azure_secret(json!({"vault": {"name": "kv1", "object": akv_object()},
+                "output": {"configMap": {"name": "cm", "dataKey": "token"}}})),
+            "output.configMap may hold only public material",
+        ),
+        (
+            "an Azure version that is not one",
+            azure_secret(
+                json!({"vault": {"name": "kv1", "object": {"name": "token", "type": "secret", "version": "latest"}}}),
+            ),
+            "32 hexadecimal characters",
+        ),
     ]
 }
 

@@ -34,6 +34,7 @@ const NON_EMPTY: &str = "self != ''";
 #[kube(printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#)]
 #[kube(printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.lastSyncTime"}"#)]
 #[kube(printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.output) || !has(self.output.configMap) || self.vault.object.type in ['certificate', 'key']").message("output.configMap may hold only public material (a certificate without its key, or a public key): anyone who can read ConfigMaps can read it; sync a secret into output.secret"))]
 #[serde(rename_all = "camelCase")]
 pub struct AzureKeyVaultSecretSpec {
     /// The Key Vault, how to authenticate, and the object to read.
@@ -231,8 +232,10 @@ pub struct AzureOutput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 8))]
     pub transform: Option<Vec<Transform>>,
-    /// Accepted for akv2k8s compatibility but not supported: vaultsync writes Secrets
-    /// only, never ConfigMaps. A resource that sets it reports `InvalidSpec`.
+    /// akv2k8s' ConfigMap output. Refused at admission for private material (secrets and
+    /// multi-key-value secrets), since anyone who can read ConfigMaps could read it. For a
+    /// certificate or a key, vaultsync does not write ConfigMaps in this version and
+    /// reports `InvalidSpec`: use `output.secret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<ConfigMapTarget>,
 }
