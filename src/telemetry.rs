@@ -8,7 +8,7 @@ use crate::config::LogFormat;
 /// level is asked for, so no secret can reach a log line through their debug output
 /// (kube-client logs whole response bodies, a Secret's included, when one does not
 /// deserialize).
-const CAPPED: [&str; 11] = [
+const CAPPED: [&str; 16] = [
     "kube",
     "kube_client",
     "tower_http",
@@ -19,6 +19,11 @@ const CAPPED: [&str; 11] = [
     "rustls",
     "azure_core",
     "azure_identity",
+    "azure_security_keyvault_secrets",
+    "azure_security_keyvault_keys",
+    "azure_security_keyvault_certificates",
+    "typespec",
+    "typespec_client_core",
     "tower",
 ];
 
