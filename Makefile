@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 ENV_SH := target/env/env.sh
 
-.PHONY: help build run test lint deploy-lint fmt-check clippy crds crd-check env-up env-down env-status demo bench bench-dynamic bench-tenants
+.PHONY: help build run test keyvault-conformance lint deploy-lint fmt-check clippy crds crd-check env-up env-down env-status demo bench bench-dynamic bench-tenants
 
 help:
 	@echo "make demo      bring up the local environment and show vaultsync on it"
@@ -15,8 +15,18 @@ build:
 	cargo build --all-targets
 
 # The environment is brought up first, so a fresh machine needs nothing beforehand.
-test: env-up lint
+test: env-up lint keyvault-conformance
 	source $(ENV_SH) && cargo test --no-fail-fast --all-targets -- --test-threads=4
+
+# The local Azure Key Vault held to the real service's OpenAPI, recordings and documented
+# behaviour (tests/keyvault/conformance/README.md), in a venv of its own.
+CONFORMANCE_VENV ?= $(HOME)/.cache/vaultsync/conformance-venv
+
+keyvault-conformance:
+	@test -f $(ENV_SH) || { echo "$(ENV_SH) missing: run make env-up"; exit 1; }
+	@test -x $(CONFORMANCE_VENV)/bin/python || python3 -m venv $(CONFORMANCE_VENV)
+	$(CONFORMANCE_VENV)/bin/pip install --quiet -r tests/keyvault/conformance/requirements.txt
+	source $(ENV_SH) && $(CONFORMANCE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/keyvault/conformance
 
 lint: fmt-check clippy crd-check deploy-lint
 

@@ -362,8 +362,20 @@ async fn version_pin_and_rotation_on_a_new_version() {
         |s| value(s, "v").as_deref() == Some(v3_value.as_str()),
     )
     .await;
-    let st = wait_ready(&client, &ns, KIND, "latest", "True", "Synced").await;
-    assert_eq!(st["sourceVersion"], v3, "status names the version");
+    // Status follows the Secret write.
+    common::wait_until(
+        Duration::from_secs(10),
+        "status to name the new version",
+        || {
+            let (client, ns, v3) = (client.clone(), ns.clone(), v3.clone());
+            async move {
+                let st = e2e::status(&client, &ns, KIND, "latest").await;
+                (st["sourceVersion"] == v3.as_str()).then_some(())
+            }
+        },
+    )
+    .await;
+    wait_ready(&client, &ns, KIND, "latest", "True", "Synced").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pinned = secret(&client, &ns, "pinned").await.unwrap();
     assert_eq!(
@@ -802,7 +814,7 @@ async fn a_throttling_vault_is_left_alone_until_it_recovers() {
         .await;
     }
     let started = std::time::Instant::now();
-    let all_ready = common::wait_until(
+    common::wait_until(
         Duration::from_secs(90),
         "every resource despite the 429s",
         || {
@@ -817,7 +829,6 @@ async fn a_throttling_vault_is_left_alone_until_it_recovers() {
         },
     )
     .await;
-    let _ = all_ready;
     let elapsed = started.elapsed();
     kv.script(&["throttle", "bench", "off"]).unwrap();
     let ok = op.present_metric("vaultsync_backend_requests_total{backend=\"azure\",operation=\"secret_read\",outcome=\"ok\"}").await;

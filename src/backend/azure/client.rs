@@ -20,15 +20,11 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
 use super::auth::Identity;
-use crate::backend::{RateLimiter, SecretValue};
+use super::throttle::VaultLimit;
+use crate::backend::SecretValue;
 use crate::config::AzureConnection;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-
-/// How long a vault is left alone after a 429 that named no delay.
-const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(2);
-/// The longest pause after 429s in a row.
-const MAX_THROTTLE_PAUSE: Duration = Duration::from_secs(30);
 
 /// What to read: a secret (also a certificate's secret) or a key, at a version or latest.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -85,62 +81,6 @@ impl SharedError {
                 retry_after: self.retry_after,
             },
         }
-    }
-}
-
-/// Per-vault limits: even spacing, and after a 429 a pause, then one request at a time
-/// until the vault answers again.
-struct VaultLimit {
-    limiter: RateLimiter,
-    paused_until: Mutex<Option<tokio::time::Instant>>,
-    /// 429s in a row; 0 when the vault last answered normally.
-    throttled: std::sync::atomic::AtomicU32,
-    /// Held by the one request that probes a vault recovering from a 429.
-    probe: tokio::sync::Mutex<()>,
-}
-
-impl VaultLimit {
-    fn paused(&self) -> Option<tokio::time::Instant> {
-        let until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
-        until.filter(|u| *u > tokio::time::Instant::now())
-    }
-
-    /// Waits until the vault may be asked: after any pause, and, while it recovers from
-    /// a 429, for the probe slot (returned, to hold during the request).
-    async fn admit(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        use std::sync::atomic::Ordering;
-        loop {
-            while let Some(until) = self.paused() {
-                tokio::time::sleep_until(until).await;
-            }
-            if self.throttled.load(Ordering::Relaxed) == 0 {
-                self.limiter.acquire().await;
-                return None;
-            }
-            let probe = self.probe.lock().await;
-            // Another probe may have been refused while this one waited.
-            if self.paused().is_none() {
-                self.limiter.acquire().await;
-                return Some(probe);
-            }
-        }
-    }
-
-    /// Records the answer: a 429 pauses the vault (as asked, else exponentially from
-    /// 2 s up to 30 s); any other answer ends the recovery.
-    fn record(&self, retry_after: Option<Duration>, throttled: bool) -> Duration {
-        use std::sync::atomic::Ordering;
-        if !throttled {
-            self.throttled.store(0, Ordering::Relaxed);
-            return Duration::ZERO;
-        }
-        let n = self.throttled.fetch_add(1, Ordering::Relaxed).min(4);
-        let wait = retry_after
-            .unwrap_or(DEFAULT_THROTTLE_PAUSE * 2u32.pow(n))
-            .min(MAX_THROTTLE_PAUSE);
-        *self.paused_until.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(tokio::time::Instant::now() + wait);
-        wait
     }
 }
 
@@ -218,14 +158,7 @@ impl Connection {
         let mut vaults = self.vaults.lock().unwrap_or_else(|p| p.into_inner());
         vaults
             .entry(vault_url.to_string())
-            .or_insert_with(|| {
-                Arc::new(VaultLimit {
-                    limiter: RateLimiter::new(self.config.requests_per_second),
-                    paused_until: Mutex::new(None),
-                    throttled: Default::default(),
-                    probe: Default::default(),
-                })
-            })
+            .or_insert_with(|| Arc::new(VaultLimit::new(self.config.requests_per_second)))
             .clone()
     }
 

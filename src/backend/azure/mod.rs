@@ -5,6 +5,7 @@
 mod auth;
 mod client;
 pub mod material;
+mod throttle;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
