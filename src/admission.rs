@@ -131,8 +131,21 @@ pub fn vault_references(spec: &VaultSecretSpec, config: &Config) -> Vec<Referenc
 }
 
 /// Pure: what an AzureKeyVaultSecret makes the operator do in its namespace.
-pub fn azure_references(spec: &AzureKeyVaultSecretSpec) -> Vec<Reference> {
+pub fn azure_references(spec: &AzureKeyVaultSecretSpec, config: &Config) -> Vec<Reference> {
     let mut refs = Vec::new();
+    if spec.vault.auth.is_none() {
+        let connection = spec.vault.connection.as_deref().unwrap_or("default");
+        if let Some(default) = config
+            .azure
+            .get(connection)
+            .and_then(|c| c.default_auth.as_ref())
+        {
+            refs.push(Reference::token(
+                "the connection's default auth",
+                &default.workload_identity.service_account_name,
+            ));
+        }
+    }
     if let Some(auth) = &spec.vault.auth {
         if let Some(w) = &auth.workload_identity {
             refs.push(Reference::token(
@@ -238,6 +251,7 @@ fn references(
         )),
         "AzureKeyVaultSecret" => Ok(azure_references(
             &serde_json::from_value(spec).map_err(parse_error)?,
+            &webhook.config,
         )),
         other => Err(format!("vaultsync does not review {other} objects")),
     }

@@ -143,10 +143,23 @@ class Request:
         self.api_version = api_version
         self.settings = settings
         self._raw = raw_body
-        self._host = handler.headers.get("Host") or ""
         self._path = urllib.parse.urlsplit(handler.path).path
-        self._port = handler.server.server_address[1]
         self.vault = vault
+        # The vault host and port as the client named them in its Host header (the port is
+        # absent for 443 from most clients). Links the vault hands out are built from these,
+        # not from the port the server listens on, so they work through a port forward too.
+        host = (handler.headers.get("Host") or "").strip().lower()
+        name, sep, port = host.rpartition(":")
+        if sep and port.isdigit():
+            host = name
+        else:
+            port = None
+        self.host, self.port = host, port
+
+    def origin(self):
+        """https://{host}[:{port}] as the client reached the vault; no port for 443."""
+        port = f":{self.port}" if self.port and self.port != "443" else ""
+        return f"https://{self.host}{port}"
 
     def json(self):
         if not self._raw:
@@ -158,14 +171,14 @@ class Request:
             raise bad_parameter("The request body is not valid JSON.")
 
     def next_link(self, token, maxresults):
-        # Fact 17: an absolute nextLink. The real one names port 443; this one names the port
-        # the client actually used, so the SDKs' pagers can follow it.
-        host = self._host.split(":")[0]
-        port = self._host.split(":")[1] if ":" in self._host else str(self._port)
+        # Fact 17: an absolute nextLink naming the port, `https://{vault}.vault.azure.net:443/...`
+        # on 443 as the real one does; built from the Host header, so a client that reached the
+        # vault on another port (its Host header names it) gets a link to that port.
         q = {"api-version": self.api_version, "$skiptoken": token}
         if maxresults is not None:
             q["maxresults"] = maxresults
-        return f"https://{host}:{port}{self._path}?" + urllib.parse.urlencode(q, safe="$")
+        return (f"https://{self.host}:{self.port or '443'}{self._path}?"
+                + urllib.parse.urlencode(q, safe="$"))
 
 
 ROUTERS = {"secrets": secrets_api.route, "keys": keys_api.route,
@@ -288,7 +301,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             parts = split.path.strip("/").split("/") if split.path.strip("/") else []
             if split.path.endswith("/") and len(parts) == 2:
                 parts.append("")  # "/secrets/{name}/" = latest version (fact 15)
-            # "/keys/{name}//op" (empty version, fact 15) collapses to the latest version.
+            # "/keys/{name}//op" (empty version, fact 15) keeps the empty segment: the routers
+            # read an empty version as the latest.
             kind = KIND_OF_ROOT.get(parts[0]) if parts else None
             found = ROUTERS[kind](self, parts) if kind else None
             if not found:
@@ -298,7 +312,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.server.grants.check(vault_name, self.server.region, who, kind, permission)
             req = Request(self, vault, query, api_version, raw, self.server.settings)
             with vault.lock:
-                status, payload = op(req, vault)
+                result = op(req, vault)  # (status, payload[, extra headers])
+            status, payload = result[0], result[1]
+            if len(result) > 2:
+                headers.update(result[2])
             self.reply(status, payload, headers)
         except KvError as e:
             status = e.status

@@ -195,6 +195,8 @@ class Vault:
         self.name = name
         self.lock = threading.RLock()
         self.collections = {kind: Collection(kind) for kind in KINDS}
+        # Certificate operations by lower-case certificate name (certificates_api.py).
+        self.operations = {}
 
     def __getitem__(self, kind):
         return self.collections[kind]
