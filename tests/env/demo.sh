@@ -3,13 +3,18 @@
 #
 #   tests/env/demo.sh [run]   bring up the environment, install the CRDs, (re)start the
 #                             operator in the background, seed OpenBao (KV secrets and a
-#                             database role), apply the samples of config/samples/, show
-#                             the synced Secrets, a database lease that logs in to
+#                             database role) and the local Azure Key Vault (a secret, a JSON
+#                             secret, a certificate with its chain, an RSA key; a workload
+#                             identity for service account demo/app), apply the samples of
+#                             config/samples/, show the synced Secrets of both kinds, the
+#                             certificate chain's order, a database lease that logs in to
 #                             PostgreSQL, and a rotation
 #   tests/env/demo.sh stop    stop the demo operator (tests/env/down.sh calls it)
 #
-# Idempotent: a second run re-seeds (policy, roles; KV secrets that already have their keys
-# are kept, so the one rotation shown is the demo's own), re-applies and restarts the
+# Idempotent: a second run re-seeds (policy, roles, the Key Vault client and grant; KV
+# secrets that already have their keys and Key Vault objects that already exist are kept,
+# so the one rotation shown is the demo's own; the local Key Vault holds its objects in
+# memory only, so after it restarts they are seeded anew), re-applies and restarts the
 # operator, which carries the database lease on from status without issuing new
 # credentials. The operator keeps running afterwards (log $ENV_DIR/operator.log, pid
 # $ENV_DIR/operator.pid); `make env-down` stops it through `demo.sh stop`.
@@ -25,12 +30,25 @@ OP_LOG=$ENV_DIR/operator.log
 # left running, never touches the namespaces of `make test`.
 OP_CONFIG=$ENV_DIR/demo-operator.yaml
 # The samples `make demo` applies; every other sample in $SAMPLES is only validated (the
-# PKI one needs a policy the demo tenant lacks; the Azure backend is not implemented yet).
-APPLY=(vaultsecret-kv.yaml vaultsecret-template.yaml vaultsecret-api.yaml vaultsecret-database.yaml)
+# PKI one needs a policy the demo tenant lacks).
+APPLY=(vaultsecret-kv.yaml vaultsecret-template.yaml vaultsecret-api.yaml vaultsecret-database.yaml
+  azurekeyvaultsecret-secret.yaml azurekeyvaultsecret-multi-key-value.yaml
+  azurekeyvaultsecret-certificate.yaml azurekeyvaultsecret-key.yaml)
 # The database source: VaultSecret, Secret and OpenBao database role.
 DB_VS=db-creds DB_ROLE=$NS
+# The local Azure Key Vault: the vault the samples name (the env's $AZURE_KEYVAULT_URL) and
+# the REST API version the demo seeds it with.
+AKV_VAULT=default AKV_API=2025-07-01
+# The clientId of azurekeyvaultsecret-key.yaml, which logs in as service account $NS/app.
+AKV_KEY_CLIENT=00000000-0000-0000-0000-000000000001
+# The certificate chain the demo imports as `web-certificate` (subjects are no secret).
+CERT_DNS=web.demo.example
+CERT_SUBJECTS=("/O=vaultsync demo/CN=$CERT_DNS" "/O=vaultsync demo/CN=vaultsync demo intermediate CA"
+  "/O=vaultsync demo/CN=vaultsync demo root CA")
+# AzureKeyVaultSecret name -> the Key Vault object version seeded for it.
+declare -A AKV_VERSION=()
 
-OP_STARTED=0 STEP="" STEP_NO=0 STEPS=8 STEP_START=$SECONDS TOTAL_START=$SECONDS
+OP_STARTED=0 STEP="" STEP_NO=0 STEPS=9 STEP_START=$SECONDS TOTAL_START=$SECONDS
 
 say() { printf '[demo] %s\n' "$*"; }
 # run COMMAND...: prints COMMAND, quoted so it can be pasted, and runs it.
@@ -106,7 +124,7 @@ stop_operator() {
 # --- steps ------------------------------------------------------------------------------
 
 step_env() {
-  begin "local environment (kube-apiserver, OpenBao, PostgreSQL on loopback)"
+  begin "local environment (kube-apiserver, OpenBao, PostgreSQL, Azure Key Vault on loopback)"
   if [[ ${VAULTSYNC_DEMO_ENV_UP:-} == "done" ]]; then
     say "brought up by 'make env-up' above"
   else
@@ -119,7 +137,11 @@ step_env() {
     fail "the kube-apiserver at ${K8S_API_URL:-?} does not answer: run make env-down && make env-up"
   curl -fsS -o /dev/null "$VAULT_ADDR/v1/sys/health" ||
     fail "OpenBao at $VAULT_ADDR does not answer: run make env-down && make env-up"
-  say "kube-apiserver $K8S_API_URL, OpenBao $VAULT_ADDR"
+  [[ -n ${AZURE_KEYVAULT_URL:-} && -n ${AZURE_KEYVAULT_ADMIN_TOKEN:-} && -f ${AZURE_KEYVAULT_CA_FILE:-} ]] ||
+    fail "$ENV_DIR/env.sh lacks the local Key Vault (AZURE_KEYVAULT_*): run make env-down && make env-up"
+  [[ $(akv GET secrets "maxresults=1" </dev/null 2>/dev/null | tail -n 1) == 200 ]] ||
+    fail "the local Key Vault at $AZURE_KEYVAULT_URL does not answer the admin token: run bash tests/env/keyvault.sh status (or make env-down && make env-up)"
+  say "kube-apiserver $K8S_API_URL, OpenBao $VAULT_ADDR, Key Vault $AZURE_KEYVAULT_URL"
 }
 
 step_crds() {
@@ -252,6 +274,137 @@ forget_stale_lease() {
   fi
 }
 
+# --- the local Azure Key Vault --------------------------------------------------------------
+
+# akv METHOD PATH [QUERY]: one request to the local Key Vault as the env's admin. A body, if
+# any, comes from stdin, so values never reach a command line; the token goes through a
+# file descriptor, not the command line either. Prints the response body, then a line with
+# the HTTP status. Bodies of secrets hold values: callers only pass them to jq.
+akv() {
+  local method=$1 path=$2 query=${3:+&$3} data=()
+  [[ $method == GET ]] || data=(-H 'Content-Type: application/json' --data-binary @-)
+  curl -sS --max-time 30 --cacert "$AZURE_KEYVAULT_CA_FILE" -X "$method" \
+    -H @<(printf 'Authorization: Bearer %s\n' "$AZURE_KEYVAULT_ADMIN_TOKEN") "${data[@]}" \
+    -w '\n%{http_code}' "$AZURE_KEYVAULT_URL/$path?api-version=$AKV_API$query"
+}
+
+# The version at the end of the id of a secret, certificate or key bundle (stdin).
+akv_version() { jq -r '(.id // .key.kid // "") | split("/") | last'; }
+
+# akv_ensure KIND NAME FITS CREATE...: keeps KIND/NAME (secrets, certificates or keys) when
+# it exists and its bundle passes the jq test FITS (a rerun then changes no data), else runs
+# CREATE..., which writes it through akv. Prints "VERSION kept" or "VERSION written".
+akv_ensure() {
+  local kind=$1 name=$2 fits=$3 out code body
+  shift 3
+  out=$(akv GET "$kind/$name" </dev/null) || return 1
+  code=${out##*$'\n'} body=${out%$'\n'*}
+  if [[ $code == 200 ]] && jq -e "$fits" >/dev/null 2>&1 <<<"$body"; then
+    echo "$(akv_version <<<"$body") kept"
+    return 0
+  fi
+  if [[ $code != 200 && $code != 404 ]]; then
+    # Not a bundle (no value): the error, which says why.
+    say "GET $kind/$name: HTTP $code: $(jq -c '.error // .' <<<"$body" 2>/dev/null || echo "$body")" >&2
+    return 1
+  fi
+  out=$("$@") || return 1
+  code=${out##*$'\n'} body=${out%$'\n'*}
+  if [[ $code != 2?? ]]; then
+    say "writing $kind/$name: HTTP $code: $(jq -c '.error // .' <<<"$body" 2>/dev/null || echo "$body")" >&2
+    return 1
+  fi
+  echo "$(akv_version <<<"$body") written"
+}
+
+put_token() {
+  openssl rand -base64 32 | tr -d '\n' | jq -Rsc '{value: ., contentType: "text/plain"}' |
+    akv PUT secrets/contoso-external-service-token
+}
+
+put_app_settings() {
+  { openssl rand -hex 16; openssl rand -base64 24; } |
+    jq -Rnc '[inputs] as [$password, $key]
+      | {value: ({"database-password": $password, "api-key": $key, "log-level": "info"} | tojson),
+         contentType: "application/x-json"}' |
+    akv PUT secrets/app-settings
+}
+
+# make_chain DIR: a fresh root -> intermediate -> leaf chain (RSA 2048) and DIR/web.pfx with
+# the leaf's key, the leaf and its issuers in shuffled order (root before intermediate), under
+# an empty password.
+make_chain() {
+  local d=$1 k
+  (
+    cd "$d"
+    printf 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n' >ca.ext
+    printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:%s\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n' "$CERT_DNS" >leaf.ext
+    for k in root intermediate leaf; do
+      openssl genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$k.key"
+    done
+    openssl req -x509 -new -key root.key -subj "${CERT_SUBJECTS[2]}" -days 3650 -sha256 \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" -out root.pem
+    openssl req -new -key intermediate.key -subj "${CERT_SUBJECTS[1]}" |
+      openssl x509 -req -CA root.pem -CAkey root.key -set_serial "0x$(openssl rand -hex 8)" \
+        -days 1825 -sha256 -extfile ca.ext -out intermediate.pem
+    openssl req -new -key leaf.key -subj "${CERT_SUBJECTS[0]}" |
+      openssl x509 -req -CA intermediate.pem -CAkey intermediate.key -set_serial "0x$(openssl rand -hex 8)" \
+        -days 397 -sha256 -extfile leaf.ext -out leaf.pem
+    cat root.pem intermediate.pem >issuers.pem
+    openssl pkcs12 -export -inkey leaf.key -in leaf.pem -certfile issuers.pem -passout pass: -out web.pfx
+  ) >"$d/openssl.log" 2>&1 || {
+    tail -n 5 "$d/openssl.log" | sed 's/^/    /' >&2
+    return 1
+  }
+}
+
+# The chain's keys live in a temporary directory only while it is imported.
+import_certificate() {
+  local d rc=0
+  d=$(mktemp -d)
+  make_chain "$d" && base64 -w0 "$d/web.pfx" |
+    jq -Rsc '{value: ., policy: {key_props: {exportable: true}, secret_props: {contentType: "application/x-pkcs12"}}}' |
+    akv POST certificates/web-certificate/import || rc=$?
+  rm -rf "$d"
+  return "$rc"
+}
+
+create_key() { echo '{"kty": "RSA", "key_size": 2048}' | akv POST keys/signing-key/create; }
+
+step_seed_keyvault() {
+  begin "seed the local Azure Key Vault (vault $AKV_VAULT): a secret, a JSON secret, a certificate chain, an RSA key; a workload identity for $NS/app"
+  [[ $AZURE_KEYVAULT_URL == "https://$AKV_VAULT.vault.azure.net"* ]] ||
+    fail "AZURE_KEYVAULT_URL ($AZURE_KEYVAULT_URL) is not vault $AKV_VAULT, which the samples name"
+  say "\$ curl --cacert \$AZURE_KEYVAULT_CA_FILE -H 'Authorization: Bearer \$AZURE_KEYVAULT_ADMIN_TOKEN' $AZURE_KEYVAULT_URL/...?api-version=$AKV_API --data @-"
+  say "  (objects that exist are kept; new values come from openssl rand through stdin, never shown)"
+  local out
+  out=$(akv_ensure secrets contoso-external-service-token '.value | length > 0' put_token) ||
+    fail "seeding secret contoso-external-service-token failed"
+  AKV_VERSION[external-service-token]=${out% *}
+  say "secret contoso-external-service-token (text/plain): version ${out% *} ${out#* } (random value, never shown)"
+  out=$(akv_ensure secrets app-settings \
+    '.contentType == "application/x-json" and (.value | fromjson | type == "object")' put_app_settings) ||
+    fail "seeding secret app-settings failed"
+  AKV_VERSION[app-settings]=${out% *}
+  say "secret app-settings (application/x-json, 3 entries): version ${out% *} ${out#* }"
+  out=$(akv_ensure certificates web-certificate '.id != null' import_certificate) ||
+    fail "seeding certificate web-certificate failed"
+  AKV_VERSION[web-certificate]=${out% *}
+  say "certificate web-certificate (PFX: key, leaf $CERT_DNS, issuers):  version ${out% *} ${out#* }"
+  out=$(akv_ensure keys signing-key '.key.kty == "RSA"' create_key) ||
+    fail "seeding key signing-key failed"
+  AKV_VERSION[signing-key]=${out% *}
+  say "key signing-key (RSA 2048, made in the vault):            version ${out% *} ${out#* }"
+
+  # azurekeyvaultsecret-key.yaml logs in as $NS/app with its own client id; the others use
+  # the config's defaultAuth (the namespace's `default` account as vaultsync-namespace-reader).
+  run bash tests/env/keyvault.sh register-client "$AKV_KEY_CLIENT" --federated "system:serviceaccount:$NS:app" ||
+    fail "registering client $AKV_KEY_CLIENT failed"
+  run bash tests/env/keyvault.sh grant "$AKV_VAULT" "$AKV_KEY_CLIENT" keys=get ||
+    fail "granting $AKV_KEY_CLIENT keys=get on vault $AKV_VAULT failed"
+  say "client $AKV_KEY_CLIENT: workload identity of $NS/app, may get keys of vault $AKV_VAULT"
+}
+
 step_samples() {
   begin "apply the samples of $SAMPLES/"
   local f path validate_only=()
@@ -271,7 +424,7 @@ step_samples() {
     run kubectl apply -n "$NS" -f "$SAMPLES/$f"
   done
   say "validated, not applied: ${validate_only[*]}"
-  say "  (the PKI sample needs pki/issue/web in the tenant's policy; the Azure Key Vault backend is not implemented yet)"
+  say "  (the PKI sample needs pki/issue/web in the tenant's policy)"
 }
 
 # vs_synced NAME VERSION: Ready=True and the Secret holds source version VERSION.
@@ -282,9 +435,22 @@ vs_synced() {
   [[ $got == "True/$2" ]]
 }
 
+# Each resource's Ready condition: status, reason and message.
 describe_state() {
-  kubectl -n "$NS" get vaultsecret -o json | jq -r '.items[] | "  \(.metadata.name): " +
-    ((.status.conditions // [])[] | select(.type == "Ready") | "Ready=\(.status) \(.reason): \(.message)")' >&2 || true
+  kubectl -n "$NS" get vaultsecret,azurekeyvaultsecret -o json | jq -r '.items[] | "  \(.kind)/\(.metadata.name): " +
+    ([(.status.conditions // [])[] | select(.type == "Ready")] | first
+      | if . == null then "no Ready condition yet" else "Ready=\(.status) \(.reason): \(.message)" end)' >&2 || true
+}
+
+# akvs_synced NAME VERSION: Ready=True, status names Key Vault object version VERSION, and
+# the Secret that status names holds it.
+akvs_synced() {
+  local got secret
+  got=$(kubectl -n "$NS" get azurekeyvaultsecret "$1" \
+    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}/{.status.secretName}/{.status.sourceVersion}')
+  [[ $got == True/?*/"$2" ]] || return 1
+  secret=${got#True/} secret=${secret%%/*}
+  [[ $(kubectl -n "$NS" get secret "$secret" -o jsonpath='{.metadata.annotations.vaultsync\.dev/source-version}') == "$2" ]]
 }
 
 # vs_current NAME: Ready=True, and its Secret holds the source version that status names
@@ -319,21 +485,56 @@ owner = ", ".join(f"{o['kind']}/{o['name']}" for o in m.get("ownerReferences") o
 print(f"  Secret {m['namespace']}/{m['name']} ({s.get('type', 'Opaque')}), owner {owner}, "
       f"source version {ann.get('vaultsync.dev/source-version', '-')}, "
       f"expires at {ann.get('vaultsync.dev/expires-at', '-')}")
-for key, value in sorted((s.get("data") or {}).items()):
-    print(f"    {key:<10} {len(base64.b64decode(value)):>3} bytes")
+data = s.get("data") or {}
+width = max([10] + [len(k) for k in data])
+for key, value in sorted(data.items()):
+    print(f"    {key:<{width}} {len(base64.b64decode(value)):>5} bytes")
 PY
 )
 
+# show_secrets [KINDS]: the Secrets of the resources of KINDS (default: both kinds).
 show_secrets() {
-  local names name
-  names=$(kubectl -n "$NS" get vaultsecret -o jsonpath='{range .items[*]}{.status.secretName}{"\n"}{end}' | sort -u)
+  local kinds=${1:-vaultsecret,azurekeyvaultsecret} names name
+  names=$(kubectl -n "$NS" get "$kinds" -o jsonpath='{range .items[*]}{.status.secretName}{"\n"}{end}' | sort -u)
   for name in $names; do
     kubectl -n "$NS" get secret "$name" -o json | python3 -c "$SIZES_PY"
   done
 }
 
+# show_chain SECRET: the certificates of tls.crt in SECRET, in order, by subject and issuer
+# (names are no secret); checks that there are 3, the leaf first, each signed by the next,
+# and that tls.key is the leaf's key. Certificates and key go through pipes, never shown.
+show_chain() {
+  local secret=$1 pem line block="" blocks=() i subjects=() issuers=()
+  pem=$(kubectl -n "$NS" get secret "$secret" -o jsonpath='{.data.tls\.crt}' | base64 -d) ||
+    fail "reading tls.crt of Secret $NS/$secret failed"
+  while IFS= read -r line; do
+    block+=$line$'\n'
+    if [[ $line == '-----END CERTIFICATE-----' ]]; then blocks+=("$block"); block=""; fi
+  done <<<"$pem"
+  say "tls.crt of Secret $secret holds ${#blocks[@]} certificates (openssl x509 -noout -subject -issuer on each):"
+  for i in "${!blocks[@]}"; do
+    subjects[i]=$(openssl x509 -noout -subject -nameopt compat <<<"${blocks[i]}") ||
+      fail "certificate $((i + 1)) of tls.crt in Secret $NS/$secret does not parse"
+    issuers[i]=$(openssl x509 -noout -issuer -nameopt compat <<<"${blocks[i]}")
+    printf '    %d. %s\n       %s\n' $((i + 1)) "${subjects[i]}" "${issuers[i]}"
+  done
+  ((${#blocks[@]} == 3)) || fail "tls.crt of Secret $NS/$secret holds ${#blocks[@]} certificates, not 3 (leaf, intermediate, root)"
+  for i in 0 1 2; do
+    [[ ${subjects[i]} == "subject=${CERT_SUBJECTS[i]}" ]] ||
+      fail "certificate $((i + 1)) of tls.crt in Secret $NS/$secret is ${subjects[i]#subject=}, not ${CERT_SUBJECTS[i]}"
+  done
+  openssl verify -CAfile <(printf '%s' "${blocks[2]}") -untrusted <(printf '%s' "${blocks[1]}") \
+    <(printf '%s' "${blocks[0]}") >/dev/null ||
+    fail "the chain in tls.crt of Secret $NS/$secret does not verify (leaf <- intermediate <- root)"
+  cmp -s <(openssl x509 -noout -pubkey <<<"${blocks[0]}") \
+    <(kubectl -n "$NS" get secret "$secret" -o jsonpath='{.data.tls\.key}' | base64 -d | openssl pkey -pubout 2>/dev/null) ||
+    fail "tls.key of Secret $NS/$secret is not the key of the leaf certificate"
+  say "leaf first, each certificate signed by the next (openssl verify: OK), tls.key is the leaf's key"
+}
+
 step_show() {
-  begin "wait until the VaultSecrets are Ready, then show them"
+  begin "wait until the VaultSecrets and AzureKeyVaultSecrets are Ready, then show them"
   local pairs=("db $DB_VERSION" "db-url $DB_VERSION" "api $API_VERSION") p
   for p in "${pairs[@]}"; do
     # shellcheck disable=SC2086
@@ -346,10 +547,21 @@ step_show() {
     describe_state
     fail "VaultSecret $NS/$DB_VS (database credentials) did not become Ready within 60s"
   }
+  local name
+  for name in external-service-token app-settings web-certificate signing-key; do
+    wait_until 60 "AzureKeyVaultSecret $name" akvs_synced "$name" "${AKV_VERSION[$name]}" || {
+      describe_state
+      fail "AzureKeyVaultSecret $NS/$name did not become Ready with Key Vault version ${AKV_VERSION[$name]} within 60s"
+    }
+  done
   say "all Ready after $((SECONDS - STEP_START))s"
-  run kubectl get vs,akvs -n "$NS"
+  run kubectl get vs -n "$NS"
+  run kubectl get akvs -n "$NS" -o wide
   say "synced Secrets (key names and value sizes only, never values):"
   show_secrets
+  show_chain web-tls-from-akv
+  say "public.pem of Secret signing-public-key: $(kubectl -n "$NS" get secret signing-public-key -o jsonpath='{.data.public\.pem}' |
+    base64 -d | openssl pkey -pubin -noout -text 2>/dev/null | head -n 1) (a public key only; the private key stays in Key Vault)"
   say "the database lease, from status (the lease id is no credential; username and password live only in the Secret):"
   run kubectl get vs "$DB_VS" -n "$NS" -o jsonpath='{.status.lease}'
   echo
@@ -388,8 +600,8 @@ step_rotate() {
     -o custom-columns='NAME:.metadata.name,SOURCE VERSION:.status.sourceVersion,LAST SYNC:.status.lastSyncTime,NEXT REFRESH:.status.nextRefreshTime,EXPIRES:.status.expiresAt'
   run kubectl get events -n "$NS" --field-selector reason=SecretRotated
   wait_until 20 "db-url to follow" vs_synced db-url "$new" || true
-  say "Secrets now (sizes only):"
-  show_secrets
+  say "Secrets of the VaultSecrets now (sizes only):"
+  show_secrets vaultsecret
 }
 
 step_explore() {
@@ -410,9 +622,21 @@ step_explore() {
   bao kv put secret/$NS/api token=\$(openssl rand -hex 16)   # a rotation within 10s
   target/debug/vaultsync check -f $SAMPLES/vaultsecret-kv.yaml -n $NS   # dry run: key names, sizes
 
+  kubectl get akvs -n $NS -o wide         # the Azure Key Vault side: Ready, reason, Secret
+  kubectl describe akvs -n $NS web-certificate   # status, conditions, events
+  # a new version of the Key Vault secret (the value through stdin); the operator reads it
+  # at the next refresh (its default refreshInterval: 1h), or at once after a spec change,
+  # such as this patch, which also makes it read every 10s:
+  openssl rand -hex 16 | jq -Rc '{value: .}' | curl -sS --cacert "\$AZURE_KEYVAULT_CA_FILE" \\
+    -H "Authorization: Bearer \$AZURE_KEYVAULT_ADMIN_TOKEN" -H 'Content-Type: application/json' \\
+    -X PUT --data @- -o /dev/null -w '%{http_code}\\n' \\
+    "\$AZURE_KEYVAULT_URL/secrets/contoso-external-service-token?api-version=$AKV_API"
+  kubectl patch akvs -n $NS external-service-token --type merge -p '{"spec":{"refreshInterval":"10s"}}'
+  target/debug/vaultsync check -f $SAMPLES/azurekeyvaultsecret-secret.yaml -n $NS   # dry run
+
   metrics:  curl -s http://$addr/metrics | grep '^vaultsync_'
   log:      tail -f $env/operator.log
-  samples:  $SAMPLES/   (the PKI and AzureKeyVaultSecret samples are validated, not applied)
+  samples:  $SAMPLES/   (the PKI sample is validated, not applied)
   stop:     make env-down                  # the operator and the whole environment
             bash tests/env/demo.sh stop    # the operator only
 EOF
@@ -427,6 +651,7 @@ case ${1:-run} in
     step_crds
     step_operator
     step_seed
+    step_seed_keyvault
     step_samples
     step_show
     step_rotate

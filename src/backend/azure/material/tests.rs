@@ -540,3 +540,23 @@ fn only_public_material_goes_to_a_config_map() {
         Err(Error::InvalidSpec(_))
     ));
 }
+
+#[test]
+fn a_yaml_alias_bomb_is_refused_before_it_expands() {
+    let list = vec!["1"; 4000].join(",");
+    let refs = vec!["*a"; 5500].join(",");
+    let bomb = format!("a: &a [{list}]\nb: [{refs}]\n");
+    let started = std::time::Instant::now();
+    let err = multi_key_value(&bomb, AzureContentType::Yaml).unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "refused at once"
+    );
+    assert!(
+        err.to_string().contains("entry \"a\" is a nested value"),
+        "{err}"
+    );
+    // Aliases of scalars are plain values.
+    let ok = multi_key_value("a: &x one\nb: *x\n", AzureContentType::Yaml).unwrap();
+    assert_eq!(ok["b"].expose(), b"one");
+}

@@ -121,47 +121,141 @@ impl<'de> serde::Deserialize<'de> for KeyCount {
     }
 }
 
+/// Marks the error a nested value raises, so the entry can be named.
+const NESTED: &str = "vaultsync: nested value";
+
+/// Streams the YAML document's top-level mapping. A sequence or mapping value is refused
+/// at its first event, before anything in it (an alias to a large anchor included) is
+/// read: building the whole tree first would let a 25 KB document of aliases expand to
+/// gigabytes.
 fn yaml_entries(value: &str) -> Result<Vec<(String, Scalar)>> {
-    use serde_yaml::Value;
-    let parsed: Value = serde_yaml::from_str(value).map_err(|e| {
-        Error::InvalidData(match e.location() {
-            Some(at) => format!(
-                "the secret is not a valid YAML document (line {}, column {})",
-                at.line(),
-                at.column()
-            ),
-            None => "the secret is not a valid YAML document".into(),
-        })
-    })?;
-    let Value::Mapping(map) = parsed else {
-        return Err(Error::InvalidData(
-            "the secret's YAML is not a mapping of keys and values".into(),
-        ));
+    use serde::Deserialize as _;
+    let position = |e: &serde_yaml::Error| match e.location() {
+        Some(at) => format!(" (line {}, column {})", at.line(), at.column()),
+        None => String::new(),
     };
-    map.into_iter()
-        .map(|(k, v)| {
-            let key = match k {
-                Value::String(s) => s,
-                Value::Number(n) => n.to_string(),
-                Value::Bool(b) => b.to_string(),
-                _ => {
-                    return Err(Error::InvalidData(
-                        "the secret's YAML has a key that is not a string".into(),
-                    ));
+    let entries = YamlEntries::deserialize(serde_yaml::Deserializer::from_str(value))
+        .map_err(|e| {
+            let text = e.to_string();
+            if let Some(rest) = text.split_once(NESTED).map(|(_, r)| r) {
+                // "<NESTED>: <key>"; the key is a name, never a value.
+                let key = rest.trim_start_matches(": ").split(" at line").next().unwrap_or("");
+                let shown: String = key.chars().take(64).collect();
+                Error::InvalidData(format!(
+                    "entry {shown:?} is a nested value (a sequence or mapping): each entry must                      be a string, number or boolean"
+                ))
+            } else if text.contains("not a mapping") {
+                Error::InvalidData("the secret's YAML is not a mapping of keys and values".into())
+            } else {
+                Error::InvalidData(format!(
+                    "the secret is not a valid YAML document{}",
+                    position(&e)
+                ))
+            }
+        })?;
+    Ok(entries.0)
+}
+
+/// The entries of a top-level YAML mapping, values as scalars only.
+struct YamlEntries(Vec<(String, Scalar)>);
+
+impl<'de> serde::Deserialize<'de> for YamlEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = YamlEntries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("not a mapping")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<YamlEntries, A::Error> {
+                use serde::de::Error as _;
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<YamlScalar>()? {
+                    let key = match key.0 {
+                        Scalar::Text(k) => k,
+                        Scalar::Refused(_) => {
+                            return Err(A::Error::custom(
+                                "the secret's YAML has a key that is not a string",
+                            ));
+                        }
+                    };
+                    match map.next_value::<YamlScalar>() {
+                        Ok(v) => entries.push((key, v.0)),
+                        Err(e) if e.to_string().contains(NESTED) => {
+                            return Err(A::Error::custom(format!("{NESTED}: {key}")));
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-            };
-            let scalar = match v {
-                Value::String(s) => Scalar::Text(s),
-                Value::Number(n) => Scalar::Text(n.to_string()),
-                Value::Bool(b) => Scalar::Text(b.to_string()),
-                Value::Null => Scalar::Refused("null"),
-                Value::Sequence(_) => Scalar::Refused("a sequence"),
-                Value::Mapping(_) => Scalar::Refused("a nested mapping"),
-                Value::Tagged(_) => Scalar::Refused("a tagged value"),
-            };
-            Ok((key, scalar))
-        })
-        .collect()
+                Ok(YamlEntries(entries))
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
+/// One YAML scalar as text; null and tags are refused, sequences and mappings stop the
+/// parse at once.
+struct YamlScalar(Scalar);
+
+impl<'de> serde::Deserialize<'de> for YamlScalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct One;
+        impl<'de> serde::de::Visitor<'de> for One {
+            type Value = YamlScalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<YamlScalar, E> {
+                Ok(YamlScalar(Scalar::Text(v.to_string())))
+            }
+            fn visit_bool<E: serde::de::Error>(
+                self,
+                v: bool,
+            ) -> std::result::Result<YamlScalar, E> {
+                Ok(YamlScalar(Scalar::Text(v.to_string())))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<YamlScalar, E> {
+                Ok(YamlScalar(Scalar::Text(v.to_string())))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<YamlScalar, E> {
+                Ok(YamlScalar(Scalar::Text(v.to_string())))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<YamlScalar, E> {
+                Ok(YamlScalar(Scalar::Text(
+                    serde_yaml::Number::from(v).to_string(),
+                )))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<YamlScalar, E> {
+                Ok(YamlScalar(Scalar::Refused("null")))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> std::result::Result<YamlScalar, E> {
+                Ok(YamlScalar(Scalar::Refused("null")))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                _: A,
+            ) -> std::result::Result<YamlScalar, A::Error> {
+                Err(serde::de::Error::custom(NESTED))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                _: A,
+            ) -> std::result::Result<YamlScalar, A::Error> {
+                Err(serde::de::Error::custom(NESTED))
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(
+                self,
+                _: A,
+            ) -> std::result::Result<YamlScalar, A::Error> {
+                Ok(YamlScalar(Scalar::Refused("a tagged value")))
+            }
+        }
+        d.deserialize_any(One)
+    }
 }
 
 /// Applies `output.transform` in order, as akv2k8s does: `trim` removes leading and
