@@ -574,7 +574,12 @@ async fn a_tenant_cannot_read_another_tenants_secret() {
         &akvs("mine", "team-b", &workload("app", &id_a), &obj, out, ""),
     )
     .await;
-    // B with its own identity, and B claiming A's app registration: both refused.
+    wait_secret(&client, &a, "mine", "A's copy", |s| {
+        value(s, "v").as_deref() == Some(value_.as_str())
+    })
+    .await;
+    // Only now, with A's credential, client and read cached, does B try: with its own
+    // identity, claiming A's app registration, and through the default identity.
     apply(
         &client,
         &b,
@@ -588,10 +593,11 @@ async fn a_tenant_cannot_read_another_tenants_secret() {
     )
     .await;
     apply(&client, &b, &akvs("default", "team-b", "", &obj, out, "")).await;
-    wait_secret(&client, &a, "mine", "A's copy", |s| {
-        value(s, "v").as_deref() == Some(value_.as_str())
-    })
-    .await;
+    for name in ["own", "claimed", "default"] {
+        wait_ready(&client, &b, KIND, name, "False", "AuthFailed").await;
+    }
+    // Retries (the error backoff starts at a second) are refused too.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     for name in ["own", "claimed", "default"] {
         wait_ready(&client, &b, KIND, name, "False", "AuthFailed").await;
         assert!(secret(&client, &b, name).await.is_none(), "{name}");

@@ -30,6 +30,9 @@ use crate::metrics::Metrics;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ObjectRef {
     pub key: bool,
+    /// What the object is to the user (`certificate` for a certificate read through its
+    /// secret), for messages.
+    pub kind: &'static str,
     pub name: String,
     pub version: Option<String>,
 }
@@ -276,12 +279,19 @@ async fn read_once(
     vault_url: String,
     object: ObjectRef,
 ) -> Result<Read> {
-    let _probe = limit.admit().await;
-    let what = format!(
-        "{} {:?} in {vault_url}",
-        if object.key { "key" } else { "secret" },
-        object.name
-    );
+    let _probe = match limit.admit().await {
+        Ok(probe) => probe,
+        Err(wait) => {
+            return Err(Error::BackendUnavailable {
+                message: format!(
+                    "Key Vault {vault_url} is throttling: not asking it again for {}s",
+                    wait.as_secs_f64().ceil()
+                ),
+                retry_after: Some(wait),
+            });
+        }
+    };
+    let what = format!("{} {:?} in {vault_url}", object.kind, object.name);
     let operation = if object.key {
         "key_read"
     } else {
@@ -376,7 +386,15 @@ fn classify(what: &str, e: azure_core::Error, throttle_wait: Duration) -> Error 
             }),
         _ => None,
     };
-    let detail = service_message.unwrap_or_else(|| e.to_string());
+    // Only the service's own code and message, bounded: a body that is not Key Vault's
+    // JSON (a proxy's error page, say) can echo request headers, a token among them.
+    let detail = match (service_message, status) {
+        (Some(m), _) => bounded(&m),
+        (None, Some(code)) => {
+            format!("HTTP {code}, with a body that is not Key Vault's error JSON")
+        }
+        (None, None) => bounded(&error_chain(&e)),
+    };
     match (status, e.kind()) {
         (Some(404), _) => Error::NotFound(format!("{what} does not exist: {detail}")),
         (Some(401 | 403), _) => Error::AuthFailed(format!("Key Vault refused {what}: {detail}")),
@@ -387,11 +405,10 @@ fn classify(what: &str, e: azure_core::Error, throttle_wait: Duration) -> Error 
             message: format!("Key Vault is throttling reads ({what}): {detail}"),
             retry_after: Some(throttle_wait),
         },
-        (_, ErrorKind::Credential) => Error::AuthFailed(format!(
-            "cannot get a token to read {what}: {}",
-            error_chain(&e)
-        )),
-        _ => Error::unavailable(format!("cannot read {what}: {}", error_chain(&e))),
+        (_, ErrorKind::Credential) => {
+            Error::AuthFailed(format!("cannot get a token to read {what}: {detail}"))
+        }
+        _ => Error::unavailable(format!("cannot read {what}: {detail}")),
     }
 }
 
@@ -424,6 +441,19 @@ fn retry_after_header(e: &azure_core::Error) -> Option<Duration> {
         }
     }
     None
+}
+
+/// At most 300 characters, without control characters.
+fn bounded(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(300)
+        .collect();
+    if text.chars().count() > 300 {
+        out.push_str("...");
+    }
+    out
 }
 
 fn error_chain(e: &azure_core::Error) -> String {

@@ -94,6 +94,21 @@ impl Backend for AzureBackend {
         let conn = self.connection(&connection)?;
         let identity = auth::identity(namespace, conn, spec.vault.auth.as_ref())?;
         let object = &spec.vault.object;
+        // The schema says so too; checked again here for what bypasses it (`vaultsync
+        // check` reads a file, and an object stored under an older schema).
+        for (field, name) in [
+            ("spec.vault.name", &spec.vault.name),
+            ("spec.vault.object.name", &object.name),
+        ] {
+            if name.is_empty()
+                || name.len() > 127
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err(Error::InvalidSpec(format!(
+                    "{field} must be 1 to 127 letters, digits and '-'"
+                )));
+            }
+        }
         let version = object.version.clone().filter(|v| !v.is_empty());
         if let Some(v) = &version
             && !(v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -136,6 +151,12 @@ impl Backend for AzureBackend {
             object_type: object.type_,
             object: ObjectRef {
                 key: object.type_ == AzureObjectType::Key,
+                kind: match object.type_ {
+                    AzureObjectType::Secret => "secret",
+                    AzureObjectType::Certificate => "certificate",
+                    AzureObjectType::Key => "key",
+                    AzureObjectType::MultiKeyValueSecret => "multi-key-value secret",
+                },
                 name: object.name.clone(),
                 version,
             },
@@ -173,7 +194,13 @@ impl Backend for AzureBackend {
                 .map_err(|e| {
                     e.with_context(|m| format!("{m} (as {})", request.identity.describe()))
                 })?;
-            shape(request, &read)
+            // Decoding a PKCS#12 or checking a chain is CPU work: off the async workers.
+            let owned = request.clone();
+            tokio::task::spawn_blocking(move || shape(&owned, &read))
+                .await
+                .map_err(|e| {
+                    Error::unavailable(format!("decoding what Key Vault returned failed: {e}"))
+                })?
         }
         .await;
         if let Err(Error::AuthFailed(_)) = &result {

@@ -9,6 +9,8 @@ use crate::backend::RateLimiter;
 
 /// How long a vault is left alone after a 429 that named no delay.
 const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(2);
+/// When to come back while another request probes a recovering vault.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
 /// The longest pause after 429s in a row.
 const MAX_THROTTLE_PAUSE: Duration = Duration::from_secs(30);
 
@@ -38,25 +40,27 @@ impl VaultLimit {
         until.filter(|u| *u > tokio::time::Instant::now())
     }
 
-    /// Waits until the vault may be asked: after any pause, and, while it recovers from
-    /// a 429, for the probe slot (returned, to hold during the request).
-    pub async fn admit(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    /// Whether the vault may be asked now. A paused vault, or one recovering from a 429
+    /// whose probe is out, is not waited for here (that would hold one of the
+    /// controller's reconcile slots for the whole pause): the answer is how long to come
+    /// back after. Otherwise the request waits for its rate-limit slot, holding the probe
+    /// slot (returned) while the vault recovers.
+    pub async fn admit(&self) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, Duration> {
         use std::sync::atomic::Ordering;
-        loop {
-            while let Some(until) = self.paused() {
-                tokio::time::sleep_until(until).await;
-            }
-            if self.throttled.load(Ordering::Relaxed) == 0 {
-                self.limiter.acquire().await;
-                return None;
-            }
-            let probe = self.probe.lock().await;
-            // Another probe may have been refused while this one waited.
-            if self.paused().is_none() {
-                self.limiter.acquire().await;
-                return Some(probe);
-            }
+        let now = tokio::time::Instant::now();
+        if let Some(until) = self.paused() {
+            return Err(until - now);
         }
+        if self.throttled.load(Ordering::Relaxed) == 0 {
+            self.limiter.acquire().await;
+            return Ok(None);
+        }
+        let probe = self.probe.try_lock().map_err(|_| PROBE_WAIT)?;
+        if let Some(until) = self.paused() {
+            return Err(until - now);
+        }
+        self.limiter.acquire().await;
+        Ok(Some(probe))
     }
 
     /// Records the answer: a 429 pauses the vault (as asked, else exponentially from
@@ -96,18 +100,17 @@ mod tests {
             Duration::from_secs(5),
             "as the vault asks"
         );
-        let start = tokio::time::Instant::now();
-        let probe = limit.admit().await;
-        assert!(
-            start.elapsed() >= Duration::from_secs(5),
-            "waited out the pause"
-        );
+        let wait = limit.admit().await.expect_err("paused: come back later");
+        assert!(wait <= Duration::from_secs(5) && wait > Duration::from_secs(4));
+        tokio::time::advance(wait).await;
+        let probe = limit.admit().await.expect("the pause is over");
         assert!(probe.is_some(), "one request probes a recovering vault");
+        assert_eq!(
+            limit.admit().await.expect_err("the probe is out"),
+            PROBE_WAIT
+        );
         limit.record(None, false);
         drop(probe);
-        assert!(
-            limit.admit().await.is_none(),
-            "recovered: no probe slot needed"
-        );
+        assert!(limit.admit().await.expect("recovered").is_none());
     }
 }

@@ -27,9 +27,12 @@ use pkcs12::{AuthenticatedSafe, CertBag, MacData};
 
 use crate::error::{Error, Result};
 
-/// Iteration counts above this are refused: they only cost CPU. Key Vault uses 2000,
-/// OpenSSL 2048.
-const MAX_ITERATIONS: u32 = 600_000;
+/// Iteration counts above this are refused: they only cost CPU (a tenant controls what
+/// its vault returns). Key Vault uses 2000, OpenSSL 2048, Java's keytool 10000.
+const MAX_ITERATIONS: u32 = 10_000;
+/// Encrypted parts (safes and shrouded keys) a PFX may have: Key Vault's and OpenSSL's
+/// have two. Each costs key derivations, so their number is bounded too.
+const MAX_ENCRYPTED_PARTS: usize = 4;
 
 const DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
 const ENCRYPTED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.6");
@@ -85,6 +88,17 @@ pub fn read(der: &[u8]) -> Result<Contents> {
         keys: Vec::new(),
         certificates: Vec::new(),
     };
+    let mut encrypted_parts = 0;
+    let mut count_encrypted = || {
+        encrypted_parts += 1;
+        if encrypted_parts > MAX_ENCRYPTED_PARTS {
+            Err(invalid(&format!(
+                "it has more than {MAX_ENCRYPTED_PARTS} encrypted parts"
+            )))
+        } else {
+            Ok(())
+        }
+    };
     for safe in &safes {
         let bags = match safe.content_type {
             DATA => octets(safe)?,
@@ -92,6 +106,7 @@ pub fn read(der: &[u8]) -> Result<Contents> {
                 let encrypted = EncryptedData::from_der(&safe.content.to_der().map_err(malformed)?)
                     .map_err(malformed)?;
                 let info = &encrypted.enc_content_info;
+                count_encrypted()?;
                 match &info.encrypted_content {
                     Some(data) => decrypt(&info.content_enc_alg, data.as_bytes(), &passwords)?,
                     None => continue,
@@ -115,6 +130,7 @@ pub fn read(der: &[u8]) -> Result<Contents> {
                     let info = ContextSpecific::<EncryptedPrivateKeyInfo>::from_der(&bag.bag_value)
                         .map_err(malformed)?
                         .value;
+                    count_encrypted()?;
                     contents.keys.push(decrypt(
                         &info.encryption_algorithm,
                         info.encrypted_data.as_bytes(),
