@@ -404,6 +404,137 @@ async fn a_user_cannot_make_the_operator_read_a_secret_they_may_not_read() {
     e2e::assert_no_leak(&client, &ns, &op, &[&original]).await;
 }
 
+#[tokio::test]
+async fn a_user_cannot_make_the_operator_read_as_an_azure_identity_they_may_not_use() {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let kv = e2e::keyvault::KeyVaultEnv::load().unwrap_or_else(|e| panic!("{e}"));
+    let (client, ns) = e2e::setup("e2e-akv-deputy").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    for name in ["mine", "admin-creds"] {
+        let secret =
+            serde_json::from_value(json!({"metadata": {"name": name}, "stringData": {"s": "x"}}))
+                .expect("secret");
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("secret");
+    }
+    let bob = format!("bob-{}", &*ns);
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "writer"},
+        "rules": [
+            {"apiGroups": ["vaultsync.dev"], "resources": ["azurekeyvaultsecrets"],
+             "verbs": ["get", "list", "create", "update", "patch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mine"], "verbs": ["get"]},
+        ],
+    }))
+    .expect("role");
+    Api::<Role>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("role");
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "writer"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "writer"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": bob}],
+    }))
+    .expect("binding");
+    Api::<RoleBinding>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("binding");
+    let pki = std::path::PathBuf::from(common::env("K8S_CA_FILE", "Kubernetes control plane"))
+        .parent()
+        .expect("pki dir")
+        .to_path_buf();
+    let port = e2e::operator::free_port().expect("free port");
+    let _op = Operator::start_with(
+        &ns,
+        e2e::OperatorOptions::default()
+            .extra(&format!(
+                "admission:\n  enabled: true\n  address: 127.0.0.1:{port}\n  certFile: {}\n  keyFile: {}\n",
+                pki.join("apiserver.crt").display(),
+                pki.join("apiserver.key").display()
+            ))
+            .extra(&kv.connection_yaml(kv.port, "")),
+    )
+    .await;
+    let _registered = Registered::new(&client, &ns, port).await;
+    let as_bob: Api<kube::core::DynamicObject> = Api::namespaced_with(
+        client_as(&bob).await,
+        &ns,
+        &kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+            "vaultsync.dev",
+            "v1alpha1",
+            "AzureKeyVaultSecret",
+        )),
+    );
+    let resource = |name: &str, auth: serde_json::Value| -> kube::core::DynamicObject {
+        let mut vault = json!({"name": "default", "object": {"name": "x", "type": "secret"}});
+        if !auth.is_null() {
+            vault["auth"] = auth;
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "vaultsync.dev/v1alpha1", "kind": "AzureKeyVaultSecret",
+            "metadata": {"name": name},
+            "spec": {"vault": vault, "output": {"secret": {"dataKey": "v"}}},
+        }))
+        .expect("resource")
+    };
+    let client_secret = |secret: &str| json!({"clientSecret": {"clientId": "sp", "secretRef": {"name": secret, "key": "s"}}});
+    let refused = common::wait_until(Duration::from_secs(30), "the webhook to answer", || {
+        let api = as_bob.clone();
+        let obj = resource("steal", client_secret("admin-creds"));
+        async move {
+            match api.create(&PostParams::default(), &obj).await {
+                Err(kube::Error::Api(s))
+                    if s.code != 500 || !s.message.contains("connection refused") =>
+                {
+                    Some(s)
+                }
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(refused.code, 403, "{refused:?}");
+    assert!(
+        refused
+            .message
+            .contains("may not get secrets \"admin-creds\"")
+            && refused.message.contains("clientSecret.secretRef"),
+        "{}",
+        refused.message
+    );
+    for (name, auth, expected) in [
+        (
+            "as-app",
+            json!({"workloadIdentity": {"serviceAccountName": "app", "clientId": "c"}}),
+            "create serviceaccounts/token \"app\"",
+        ),
+        // No auth: the connection's default identity, the namespace's default account.
+        (
+            "as-default",
+            serde_json::Value::Null,
+            "create serviceaccounts/token \"default\"",
+        ),
+    ] {
+        let err = as_bob
+            .create(&PostParams::default(), &resource(name, auth))
+            .await
+            .expect_err("an identity bob may not use is refused");
+        assert!(err.to_string().contains(expected), "{name}: {err}");
+    }
+    as_bob
+        .create(
+            &PostParams::default(),
+            &resource("allowed", client_secret("mine")),
+        )
+        .await
+        .expect("a Secret bob may read himself may be referenced");
+    println!("refusal: {}", refused.message);
+}
+
 // ---------------------------------------------------------------------------------------
 // Bounded state: what the operator keeps for a resource goes with it
 
