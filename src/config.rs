@@ -269,8 +269,10 @@ pub struct AzureDefaultWorkloadIdentity {
     #[serde(default = "default_service_account")]
     pub service_account_name: String,
     /// Application (client) ID trusted by the service accounts; `{namespace}` stands for
-    /// the resource's namespace.
-    pub client_id: String,
+    /// the resource's namespace. When absent, each service account's
+    /// `azure.workload.identity/client-id` annotation names it.
+    #[serde(default)]
+    pub client_id: Option<String>,
     /// Tenant; the connection's `tenantId` when absent.
     #[serde(default)]
     pub tenant_id: Option<String>,

@@ -856,3 +856,86 @@ async fn a_throttling_vault_is_left_alone_until_it_recovers() {
     let refs: Vec<&str> = values.iter().map(String::as_str).collect();
     assert_no_leak(&client, &ns, &op, &refs).await;
 }
+
+#[tokio::test]
+async fn the_default_identity_can_come_from_the_service_accounts_annotation() {
+    let kv = kv();
+    let (client, ns) = setup("e2e-akv-annotated").await;
+    let value_ = canary("annotated");
+    let object = format!("{}-annotated", &*ns);
+    kv.set_secret("team-a", &object, &value_, None)
+        .await
+        .unwrap();
+    let id = format!("wi-annotated-{}", &*ns);
+    federated_reader(&kv, &id, &ns, "default", "team-a");
+    // The connection's default auth names no client id: each service account's
+    // azure.workload.identity/client-id annotation does.
+    let connection = kv
+        .connection_yaml(kv.port, "")
+        .replace("        clientId: vaultsync-namespace-reader\n", "");
+    assert!(!connection.contains("clientId"), "{connection}");
+    let op = Operator::start_with(&ns, OperatorOptions::default().extra(&connection)).await;
+    let obj = format!("{{name: {object}, type: secret}}");
+    apply(
+        &client,
+        &ns,
+        &akvs(
+            "unannotated",
+            "team-a",
+            "",
+            &obj,
+            "{secret: {dataKey: v}}",
+            "",
+        ),
+    )
+    .await;
+    let st = wait_ready(&client, &ns, KIND, "unannotated", "False", "AuthFailed").await;
+    assert!(
+        st.to_string().contains("azure.workload.identity/client-id"),
+        "{st}"
+    );
+    let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(client.clone(), &ns);
+    common::wait_until(
+        Duration::from_secs(10),
+        "the default service account",
+        || {
+            let accounts = accounts.clone();
+            async move { accounts.get_opt("default").await.ok().flatten() }
+        },
+    )
+    .await;
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {"azure.workload.identity/client-id": id}}});
+    accounts
+        .patch(
+            "default",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    apply(
+        &client,
+        &ns,
+        &akvs(
+            "annotated",
+            "team-a",
+            "",
+            &obj,
+            "{secret: {dataKey: v}}",
+            "",
+        ),
+    )
+    .await;
+    let s = wait_secret(
+        &client,
+        &ns,
+        "annotated",
+        "the copy read as the annotated identity",
+        |_| true,
+    )
+    .await;
+    assert_eq!(value(&s, "v").as_deref(), Some(value_.as_str()));
+    assert_no_leak(&client, &ns, &op, &[&value_]).await;
+}

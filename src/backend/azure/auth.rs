@@ -36,7 +36,9 @@ pub enum Identity {
         namespace: String,
         service_account: String,
         tenant: String,
-        client_id: String,
+        /// `None`: the service account's `azure.workload.identity/client-id` annotation,
+        /// the Azure Workload Identity convention.
+        client_id: Option<String>,
     },
     ClientSecret {
         namespace: String,
@@ -60,7 +62,8 @@ impl Identity {
                 client_id,
                 ..
             } => format!(
-                "service account {namespace}/{service_account} (workload identity, client {client_id})"
+                "service account {namespace}/{service_account} (workload identity, client {})",
+                client_id.as_deref().unwrap_or("from its annotation")
             ),
             Identity::ClientSecret {
                 client_id, secret, ..
@@ -110,7 +113,7 @@ pub fn identity(namespace: &str, conn: &Connection, auth: Option<&AzureAuth>) ->
                 namespace: namespace.into(),
                 service_account: w.service_account_name.clone(),
                 tenant: tenant(&w.tenant_id)?,
-                client_id: w.client_id.clone(),
+                client_id: Some(w.client_id.clone()),
             }
         }
         Some(AzureAuth {
@@ -148,7 +151,8 @@ pub fn identity(namespace: &str, conn: &Connection, auth: Option<&AzureAuth>) ->
                 client_id: d
                     .workload_identity
                     .client_id
-                    .replace("{namespace}", namespace),
+                    .as_ref()
+                    .map(|c| c.replace("{namespace}", namespace)),
             },
             None => {
                 return Err(Error::InvalidSpec(format!(
@@ -259,7 +263,10 @@ async fn build(
             client_id,
         } => ClientAssertionCredential::new(
             tenant.clone(),
-            client_id.clone(),
+            match client_id {
+                Some(c) => c.clone(),
+                None => annotated_client_id(kube, namespace, service_account).await?,
+            },
             ServiceAccountAssertion {
                 kube: kube.clone(),
                 namespace: namespace.clone(),
@@ -291,6 +298,30 @@ async fn build(
             .map_err(|e| credential_error(identity, e))?
         }
     })
+}
+
+/// The annotation naming a service account's app registration (Azure Workload Identity).
+pub const CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
+
+/// The client id a service account is annotated with.
+async fn annotated_client_id(kube: &kube::Client, namespace: &str, name: &str) -> Result<String> {
+    let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(kube.clone(), namespace);
+    let account = api.get_opt(name).await?.ok_or_else(|| {
+        Error::AuthFailed(format!(
+            "service account {name:?} does not exist in namespace {namespace}"
+        ))
+    })?;
+    account
+        .metadata
+        .annotations
+        .and_then(|mut a| a.remove(CLIENT_ID_ANNOTATION))
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            Error::AuthFailed(format!(
+                "service account {namespace}/{name} has no {CLIENT_ID_ANNOTATION} annotation: annotate it with the client id of the app registration that trusts it"
+            ))
+        })
 }
 
 /// The client secret from a Secret of the resource's namespace.
@@ -371,7 +402,7 @@ mod tests {
                 namespace: "team-a".into(),
                 service_account: "default".into(),
                 tenant: "t0".into(),
-                client_id: "reader-team-a".into(),
+                client_id: Some("reader-team-a".into()),
             }
         );
     }

@@ -55,11 +55,12 @@ impl AzureBackend {
     pub fn new(kube: kube::Client, config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         for (name, c) in &config.azure {
             if let Some(d) = &c.default_auth
-                && !d.workload_identity.client_id.contains("{namespace}")
+                && let Some(client_id) = &d.workload_identity.client_id
+                && !client_id.contains("{namespace}")
             {
                 tracing::warn!(
                     connection = %name,
-                    client_id = %d.workload_identity.client_id,
+                    client_id = %client_id,
                     "azure.{name}.defaultAuth.workloadIdentity.clientId names one app registration for every namespace: each namespace's default service account reads as it, so any namespace reads what it may; use {{namespace}} in it for one identity per namespace"
                 );
             }
