@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 ENV_SH := target/env/env.sh
 
-.PHONY: help build run test keyvault-conformance lint deploy-lint fmt-check clippy crds crd-check env-up env-down env-status demo bench bench-dynamic bench-tenants
+.PHONY: help build run test keyvault-conformance lint deploy-lint fmt-check clippy crds crd-check env-up env-down env-status demo bench bench-dynamic bench-tenants bench-azure
 
 help:
 	@echo "make demo      bring up the local environment and show vaultsync on it"
@@ -85,11 +85,13 @@ demo: env-up
 
 # Cold start of 1000 VaultSecrets and one steady-state refresh cycle against the local
 # environment, with a release build of the operator; prints figures next to their targets.
-# Both benchmarks: the KV cold start and steady state, then the dynamic-credentials soak.
+# Every benchmark: the KV cold start and steady state, the dynamic-credentials soak, the
+# hostile-tenant figures and the Azure Key Vault cold start.
 bench: env-up
 	source $(ENV_SH) && cargo build --release && cargo run --release --example bench
 	source $(ENV_SH) && cargo run --release --example bench_dynamic
 	source $(ENV_SH) && cargo run --release --example bench_tenants
+	source $(ENV_SH) && cargo run --release --example bench_azure
 
 # Peak RSS added by each hostile resource (target 16 MiB), and RSS after creating and
 # deleting BENCH_CHURN (5000) resources with an identity each (target +10%).
@@ -101,3 +103,7 @@ bench-tenants: env-up
 # re-issues, OpenBao request rates and expired credentials seen in the Secrets (target 0).
 bench-dynamic: env-up
 	source $(ENV_SH) && cargo build --release && cargo run --release --example bench_dynamic
+
+# 500 AzureKeyVaultSecrets over one local vault: cold start, requests per refresh, coalescing.
+bench-azure: env-up
+	source $(ENV_SH) && cargo build --release && cargo run --release --example bench_azure
