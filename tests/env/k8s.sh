@@ -5,9 +5,11 @@
 #
 #   tests/env/k8s.sh up     build once (cached in $BIN_DIR), start, wait, write $ENV_DIR/k8s.env
 #   tests/env/k8s.sh down   stop all three; certificates stay, etcd data is wiped on the next up
+#   tests/env/k8s.sh build [BINARY...]   build only (default: the control plane's three)
 #
-# There are no nodes and no kubelet: only API objects, the garbage collector, the
-# namespace and service-account controllers. The apiserver is its own service-account
+# No node of its own: only API objects, the garbage collector, the namespace and
+# service-account controllers. tests/env/node.sh adds a node (kubelet, kube-scheduler),
+# built here with `k8s.sh build kube-scheduler kubelet`. The apiserver is its own service-account
 # token issuer (https://127.0.0.1:$APISERVER_PORT) and accepts the audiences `vault` and
 # `api://AzureADTokenExchange` besides its own.
 source "$(dirname "$0")/lib.sh"
@@ -15,9 +17,12 @@ source "$(dirname "$0")/lib.sh"
 MOD_DIR=$ROOT/tests/env/k8s
 # The version is the one the wrapper module requires: go.mod is the single source.
 K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$MOD_DIR/go.mod")
-# Keyed by version only: after editing tests/env/k8s/cmd, delete this directory to rebuild.
+# Keyed by version, one file per binary: a missing binary is built alone, the others are
+# kept. After editing tests/env/k8s/cmd, delete this directory to rebuild.
 K8S_BIN=$BIN_DIR/k8s-$K8S_VERSION
+# The control plane, built by `up`; the node's binaries (tests/env/node.sh) by `build`.
 BINARIES=(etcd kube-apiserver kube-controller-manager)
+NODE_BINARIES=(kube-scheduler kubelet)
 
 STATE=$ENV_DIR/k8s
 PKI=$STATE/pki
@@ -32,29 +37,42 @@ api() {
     --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$@"
 }
 
+# build [BINARY...]: builds those of BINARY (default: the control plane) that are not in
+# $K8S_BIN yet, in one go build, and adds them next to the ones already there.
 build() {
-  local b missing=0
-  for b in "${BINARIES[@]}"; do [[ -x $K8S_BIN/$b ]] || missing=1; done
-  ((missing)) || return 0
+  local b missing=()
+  (($#)) || set -- "${BINARIES[@]}"
+  for b in "$@"; do
+    [[ -d $MOD_DIR/cmd/$b ]] || die k8s "unknown binary $b; tests/env/k8s/cmd has: $(ls "$MOD_DIR/cmd" | tr '\n' ' ')"
+    [[ -x $K8S_BIN/$b ]] || missing+=("$b")
+  done
+  ((${#missing[@]})) || return 0
 
   command -v go >/dev/null ||
     die k8s "go is not on PATH; install Go >= $(awk '$1 == "go" { print $2 }' "$MOD_DIR/go.mod") (https://go.dev/dl) and rerun"
   local buildlog=$STATE/build.log tmp=$K8S_BIN.tmp.$$
   local v=k8s.io/component-base/version minor=${K8S_VERSION#v1.}
   minor=${minor%%.*}
-  log "building etcd, kube-apiserver, kube-controller-manager $K8S_VERSION into $K8S_BIN"
-  log "  first time only: 15-25 minutes on 2 cores; follow it with: tail -f $buildlog"
+  local pkgs=() names
+  for b in "${missing[@]}"; do pkgs+=("./cmd/$b"); done
+  names=$(printf '%s, ' "${missing[@]}")
+  names=${names%, }
+  log "building $names $K8S_VERSION into $K8S_BIN"
+  log "  first time only: 5-25 minutes on 2 cores; follow it with: tail -f $buildlog"
   rm -rf "$tmp" && mkdir -p "$tmp"
   local start=$SECONDS
-  if ! (cd "$MOD_DIR" && go build -v -trimpath -buildvcs=false \
+  # Niced: the machine's cores are shared with other builds and tests.
+  if ! (cd "$MOD_DIR" && nice -n 10 go build -v -trimpath -buildvcs=false \
     -ldflags="-s -w -X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean" \
-    -o "$tmp/" ./cmd/...) >"$buildlog" 2>&1; then
+    -o "$tmp/" "${pkgs[@]}") >"$buildlog" 2>&1; then
     rm -rf "$tmp"
     tail -n 20 "$buildlog" >&2
-    die k8s "building the control plane failed; see $buildlog (needs Go >= $(awk '$1 == "go" { print $2 }' "$MOD_DIR/go.mod") and access to the Go module proxy)"
+    die k8s "building $names failed; see $buildlog (needs Go >= $(awk '$1 == "go" { print $2 }' "$MOD_DIR/go.mod") and access to the Go module proxy)"
   fi
-  rm -rf "$K8S_BIN"
-  mv "$tmp" "$K8S_BIN"
+  # One rename per binary: running binaries and concurrent readers never see a partial file.
+  mkdir -p "$K8S_BIN"
+  for b in "${missing[@]}"; do mv -f "$tmp/$b" "$K8S_BIN/$b"; done
+  rm -rf "$tmp"
   log "  built in $((SECONDS - start))s"
 }
 
@@ -289,5 +307,6 @@ down() {
 case ${1:-} in
   up) up ;;
   down) down ;;
-  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+  build) shift; build "$@" ;;
+  *) echo "usage: $0 up|down|build [BINARY...]  (BINARY: ${BINARIES[*]} ${NODE_BINARIES[*]})" >&2; exit 2 ;;
 esac

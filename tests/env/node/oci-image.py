@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Writes a single-layer OCI image layout tarball without a container engine.
+
+    oci-image.py OUT.tar NAME:TAG --file SRC:DEST[:MODE] ... --entrypoint /bin/x [--user 65532:65532]
+
+The archive holds oci-layout, index.json and blobs/sha256/*; `ctr images import` reads it
+and names the image after the io.containerd.image.name annotation. Everything is written
+with fixed timestamps and owners, so the same inputs give the same image digest.
+"""
+import argparse
+import hashlib
+import io
+import json
+import os
+import tarfile
+
+
+def tar_bytes(entries):
+    """entries: (name, data, mode) sorted; directories have data None."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data, mode in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mode = mode
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def blob(blobs, media_type, data):
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blobs[digest] = data
+    return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("name", help="full image name, e.g. vaultsync.local/pause:v1")
+    ap.add_argument("--file", action="append", default=[], help="SRC:DEST[:MODE]")
+    ap.add_argument("--entrypoint", action="append", default=[])
+    ap.add_argument("--cmd", action="append", default=[])
+    ap.add_argument("--user", default="")
+    ap.add_argument("--env", action="append", default=[])
+    args = ap.parse_args()
+
+    files, dirs = {}, set()
+    for spec in args.file:
+        parts = spec.split(":")
+        src, dest = parts[0], parts[1].lstrip("/")
+        mode = int(parts[2], 8) if len(parts) > 2 else 0o755
+        with open(src, "rb") as f:
+            files[dest] = (f.read(), mode)
+        d = os.path.dirname(dest)
+        while d:
+            dirs.add(d)
+            d = os.path.dirname(d)
+    entries = [(d + "/", None, 0o755) for d in sorted(dirs)]
+    entries += [(name, data, mode) for name, (data, mode) in sorted(files.items())]
+    layer = tar_bytes(entries)
+
+    blobs = {}
+    layer_desc = blob(blobs, "application/vnd.oci.image.layer.v1.tar", layer)
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Entrypoint": args.entrypoint or None,
+            "Cmd": args.cmd or None,
+            "User": args.user,
+            "Env": args.env or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "WorkingDir": "/",
+        },
+        "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
+        "history": [{"created_by": "tests/env/node/oci-image.py"}],
+    }
+    config["config"] = {k: v for k, v in config["config"].items() if v not in (None, "")}
+    config_desc = blob(blobs, "application/vnd.oci.image.config.v1+json",
+                       json.dumps(config, sort_keys=True).encode())
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": config_desc, "layers": [layer_desc]}
+    manifest_desc = blob(blobs, "application/vnd.oci.image.manifest.v1+json",
+                         json.dumps(manifest, sort_keys=True).encode())
+    tag = args.name.rsplit(":", 1)[1] if ":" in args.name.rsplit("/", 1)[-1] else "latest"
+    manifest_desc["platform"] = {"architecture": "amd64", "os": "linux"}
+    manifest_desc["annotations"] = {"io.containerd.image.name": args.name,
+                                    "org.opencontainers.image.ref.name": tag}
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": [manifest_desc]}
+
+    out = [("blobs/", None, 0o755), ("blobs/sha256/", None, 0o755),
+           ("oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode(), 0o644),
+           ("index.json", json.dumps(index, sort_keys=True).encode(), 0o644)]
+    out += [("blobs/sha256/" + d.split(":", 1)[1], data, 0o644) for d, data in sorted(blobs.items())]
+    tmp = args.out + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(tar_bytes(out))
+    os.replace(tmp, args.out)
+    print(manifest_desc["digest"])
+
+
+if __name__ == "__main__":
+    main()
