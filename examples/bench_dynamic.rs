@@ -41,10 +41,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use common::{
-    Operator, OperatorConfig, Samples, bench_namespaces, delta, fmt_top, install_crds, percentile,
-    wait_for,
-};
+use common::metrics::{Samples, apiserver_writes, delta, fmt_top};
+use common::setup::{bench_namespaces, install_crds, wait_for};
+use common::{Operator, OperatorConfig, percentile};
 use futures::{StreamExt, TryStreamExt, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -351,7 +350,7 @@ async fn create_tenant(client: &Client, vault: &VaultClient, n: usize) -> anyhow
          path \"sys/leases/renew/database/creds/{DB_ROLE}/*\" {{ capabilities = [\"update\"] }}\n\
          path \"sys/leases/revoke/database/creds/{DB_ROLE}/*\" {{ capabilities = [\"update\"] }}\n"
     );
-    common::create_tenant(client, vault, &ns_name(n), LABEL, &policy).await?;
+    common::setup::create_tenant(client, vault, &ns_name(n), LABEL, &policy).await?;
     Ok(())
 }
 
@@ -431,7 +430,7 @@ async fn teardown(client: &Client, vault: &VaultClient) -> anyhow::Result<usize>
             .await;
     }
     if !names.is_empty() {
-        common::wait_namespaces_gone(
+        common::setup::wait_namespaces_gone(
             client,
             NS_PREFIX,
             Duration::from_secs(120),
@@ -440,7 +439,7 @@ async fn teardown(client: &Client, vault: &VaultClient) -> anyhow::Result<usize>
         .await?;
     }
     for n in 0..NAMESPACES {
-        common::delete_tenant_vault(vault, &ns_name(n)).await;
+        common::setup::delete_tenant_vault(vault, &ns_name(n)).await;
     }
     let _ = bao(
         reqwest::Method::DELETE,
@@ -895,7 +894,7 @@ async fn run(client: &Client, op: &mut Operator) -> anyhow::Result<Run> {
     // The window: sample every SAMPLE_EVERY for WINDOW.
     let before = cold;
     let bao_before = BaoFigures::read().await;
-    let api_before = common::apiserver_writes(client).await.unwrap_or_default();
+    let api_before = apiserver_writes(client).await.unwrap_or_default();
     let cpu_before = op.cpu_seconds();
     let mut tally = Tally {
         min_pg_margin: f64::INFINITY,
@@ -951,7 +950,7 @@ async fn run(client: &Client, op: &mut Operator) -> anyhow::Result<Run> {
     let window_secs = w0.elapsed().as_secs_f64();
     let at_window_end = OpFigures::from(&op.metrics().await);
     let bao_after = BaoFigures::read().await;
-    let api_after = common::apiserver_writes(client).await.unwrap_or_default();
+    let api_after = apiserver_writes(client).await.unwrap_or_default();
     let cpu_window = op.cpu_seconds() - cpu_before;
     Ok(Run {
         ready_secs,

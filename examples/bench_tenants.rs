@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use common::operator::ProcStats;
-use common::{OperatorConfig, kube_client, root_vault, wait_for};
+use common::setup::wait_for;
+use common::{OperatorConfig, kube_client, root_vault};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
@@ -362,7 +363,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5000);
     let client = kube_client(MAKE).await?;
-    common::install_crds(&client).await?;
+    common::setup::install_crds(&client).await?;
     setup(&client).await?;
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-tenants");
     std::fs::create_dir_all(&dir)?;

@@ -1,19 +1,22 @@
-//! What `bench` and `bench_dynamic` share: the environment, Prometheus text parsing, the
-//! operator process, and the setup and cleanup of the CRDs, namespaces and tenants.
+//! What the benches share: the environment and the operator process here, the rest by
+//! topic in the submodules: metrics, setup and cleanup, watches of the bench resources,
+//! the runs measured on them, the report, and the local Key Vault's logs.
 
 // Each example uses only part of this module.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+pub mod keyvault_log;
+pub mod metrics;
+pub mod report;
+pub mod runs;
+pub mod setup;
+pub mod watch;
 
-use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
-use serde_json::json;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use kube::Client;
+use metrics::Samples;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 
 /// `name` from the environment; `make` names the target that sets it up.
@@ -21,6 +24,18 @@ pub fn env(name: &str, make: &str) -> anyhow::Result<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty()).with_context(|| {
         format!("{name} is not set: run `make env-up` and `source target/env/env.sh` ({make} does both)")
     })
+}
+
+/// `name` from the environment as a number; `None` when it is not set.
+pub fn env_number<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a number")),
+        _ => Ok(None),
+    }
 }
 
 pub fn root_vault(make: &str) -> anyhow::Result<VaultClient> {
@@ -75,159 +90,6 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 // ---------------------------------------------------------------------------------------
-// Prometheus text parsing
-
-#[derive(Clone, Default)]
-pub struct Samples(Vec<(String, BTreeMap<String, String>, f64)>);
-
-impl Samples {
-    pub fn parse(text: &str) -> Self {
-        let mut out = Vec::new();
-        for line in text.lines() {
-            if line.starts_with('#') || line.trim().is_empty() {
-                continue;
-            }
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(value) = value.trim().parse::<f64>() else {
-                continue;
-            };
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
-                None => (series, BTreeMap::new()),
-            };
-            out.push((name.to_string(), labels, value));
-        }
-        Samples(out)
-    }
-
-    fn values<'a>(
-        &'a self,
-        name: &'a str,
-        keep: impl Fn(&BTreeMap<String, String>) -> bool + 'a,
-    ) -> impl Iterator<Item = f64> + 'a {
-        self.0
-            .iter()
-            .filter(move |(n, l, _)| n == name && keep(l))
-            .map(|(_, _, v)| *v)
-    }
-
-    /// Sum of the series named `name` whose labels pass `keep`.
-    pub fn sum(&self, name: &str, keep: impl Fn(&BTreeMap<String, String>) -> bool) -> f64 {
-        // An empty float sum is -0.0; print it as 0.
-        self.values(name, keep).sum::<f64>() + 0.0
-    }
-
-    /// Like `sum`, leaving out values that are not finite (and an empty sum -0.0).
-    pub fn sum_finite(&self, name: &str, keep: impl Fn(&BTreeMap<String, String>) -> bool) -> f64 {
-        self.values(name, keep).filter(|v| v.is_finite()).sum()
-    }
-
-    /// Sums of the series named `name` passing `keep`, grouped by `key`.
-    pub fn group(
-        &self,
-        name: &str,
-        keep: impl Fn(&BTreeMap<String, String>) -> bool,
-        key: impl Fn(&BTreeMap<String, String>) -> String,
-    ) -> BTreeMap<String, f64> {
-        let mut out = BTreeMap::new();
-        for (n, l, v) in &self.0 {
-            if n == name && keep(l) {
-                *out.entry(key(l)).or_insert(0.0) += v;
-            }
-        }
-        out
-    }
-}
-
-fn parse_labels(text: &str) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    let mut rest = text;
-    while let Some((key, after)) = rest.split_once("=\"") {
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = after.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, escaped)) = chars.next() {
-                        value.push(if escaped == 'n' { '\n' } else { escaped });
-                    }
-                }
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                other => value.push(other),
-            }
-        }
-        labels.insert(key.trim_start_matches(',').trim().to_string(), value);
-        rest = &after[end..];
-    }
-    labels
-}
-
-pub fn delta(
-    after: &BTreeMap<String, f64>,
-    before: &BTreeMap<String, f64>,
-) -> BTreeMap<String, f64> {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
-        .filter(|(_, v)| *v > 0.0)
-        .collect()
-}
-
-/// The `top` largest entries, then the rest as one sum.
-pub fn fmt_top(map: &BTreeMap<String, f64>, top: usize) -> String {
-    let mut items: Vec<(&String, &f64)> = map.iter().collect();
-    items.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
-    let mut parts: Vec<String> = items
-        .iter()
-        .take(top)
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
-    let rest: f64 = items.iter().skip(top).map(|(_, v)| **v).sum();
-    if rest > 0.0 {
-        parts.push(format!("other {rest}"));
-    }
-    parts.join(", ")
-}
-
-const WRITE_VERBS: [&str; 6] = [
-    "POST",
-    "PUT",
-    "PATCH",
-    "DELETE",
-    "DELETECOLLECTION",
-    "APPLY",
-];
-
-/// Apiserver write requests so far (all clients), by "verb resource[/subresource]".
-pub async fn apiserver_writes(client: &Client) -> anyhow::Result<BTreeMap<String, f64>> {
-    let request = axum::http::Request::get("/metrics").body(Vec::new())?;
-    let text = client
-        .request_text(request)
-        .await
-        .context("read the kube-apiserver's /metrics")?;
-    Ok(Samples::parse(&text).group(
-        "apiserver_request_total",
-        |l| WRITE_VERBS.contains(&l.get("verb").map(String::as_str).unwrap_or_default()),
-        |l| {
-            let resource = l.get("resource").cloned().unwrap_or_default();
-            let sub = l.get("subresource").cloned().unwrap_or_default();
-            let verb = l.get("verb").cloned().unwrap_or_default();
-            if sub.is_empty() {
-                format!("{verb} {resource}")
-            } else {
-                format!("{verb} {resource}/{sub}")
-            }
-        },
-    ))
-}
-
-// ---------------------------------------------------------------------------------------
 // The operator process: the harness the end-to-end tests use too.
 
 #[path = "../../tests/e2e/operator.rs"]
@@ -259,6 +121,14 @@ impl Operator {
     pub async fn metrics(&self) -> Samples {
         Samples::parse(&self.process.metrics_text().await.unwrap_or_default())
     }
+
+    /// WARN and ERROR lines in its log.
+    pub fn log_problems(&self) -> usize {
+        self.logs()
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+            .count()
+    }
 }
 
 fn operator_binary() -> anyhow::Result<PathBuf> {
@@ -276,6 +146,17 @@ fn operator_binary() -> anyhow::Result<PathBuf> {
         .flatten()
         .find(|p| p.is_file())
         .context("target/release/vaultsync is missing: run `cargo build --release` first")
+}
+
+/// The operator's log level for a bench: VAULTSYNC_BENCH_LOG, such as `debug` to see why
+/// reconciles run, or `info`.
+pub fn bench_log_level() -> String {
+    std::env::var("VAULTSYNC_BENCH_LOG").unwrap_or_else(|_| "info".into())
+}
+
+/// `[a, b, ...]`: a YAML list of `names`, such as namespaces to watch.
+pub fn yaml_list(names: impl IntoIterator<Item = String>) -> String {
+    format!("[{}]", names.into_iter().collect::<Vec<_>>().join(", "))
 }
 
 /// How the operator is started.
@@ -325,143 +206,4 @@ pub fn start_operator(dir: &std::path::Path, cfg: OperatorConfig) -> anyhow::Res
     };
     let process = OperatorProcess::spawn(&launch).context("start target/release/vaultsync")?;
     Ok(Operator { process })
-}
-
-// ---------------------------------------------------------------------------------------
-// Setup and cleanup
-
-pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
-    let api = Api::<CustomResourceDefinition>::all(client.clone());
-    let yaml = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/crds/vaultsync.dev.yaml"
-    ))?;
-    let mut names = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&yaml) {
-        let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc)?;
-        let name = crd.name_any();
-        // The same field manager as the tests, so the two never co-own CRD fields.
-        api.patch(
-            &name,
-            &PatchParams::apply("vaultsync-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("apply CRD {name}"))?;
-        names.push(name);
-    }
-    for name in names {
-        wait_for(Duration::from_secs(30), &format!("CRD {name}"), || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let crd = api.get(&name).await.ok()?;
-                crd.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        })
-        .await?;
-    }
-    Ok(())
-}
-
-pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// The namespaces `<prefix><n>`.
-pub async fn bench_namespaces(client: &Client, prefix: &str) -> anyhow::Result<Vec<String>> {
-    Ok(Api::<Namespace>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .map(|n| n.name_any())
-        .filter(|n| is_numbered(n, prefix))
-        .collect())
-}
-
-/// Waits up to `timeout` until no namespace `<prefix><n>` is left.
-pub async fn wait_namespaces_gone(
-    client: &Client,
-    prefix: &str,
-    timeout: Duration,
-    what: &str,
-) -> anyhow::Result<()> {
-    wait_for(timeout, what, || async {
-        bench_namespaces(client, prefix)
-            .await
-            .ok()
-            .filter(|left| left.is_empty())
-            .map(|_| ())
-    })
-    .await
-}
-
-/// A tenant: namespace `ns` labelled `label`, service account `app`, OpenBao policy
-/// `<ns>-app` with `policy`, and a Kubernetes auth role of that name bound to the
-/// account. Returns the account's uid.
-pub async fn create_tenant(
-    client: &Client,
-    vault: &VaultClient,
-    ns: &str,
-    label: &str,
-    policy: &str,
-) -> anyhow::Result<String> {
-    let namespace: Namespace = serde_json::from_value(json!({
-        "metadata": {"name": ns, "labels": {label: "true"}}
-    }))?;
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .with_context(|| format!("create namespace {ns}"))?;
-    let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "app"}}))?;
-    let account = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &account)
-        .await
-        .with_context(|| format!("create service account {ns}/app"))?;
-    let uid = account.uid().unwrap_or_default();
-    let role = format!("{ns}-app");
-    vaultrs::sys::policy::set(vault, &role, policy)
-        .await
-        .with_context(|| format!("policy {role}"))?;
-    vaultrs::auth::kubernetes::role::create(
-        vault,
-        "kubernetes",
-        &role,
-        Some(
-            &mut vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest::builder()
-                .bound_service_account_names(vec!["app".to_string()])
-                .bound_service_account_namespaces(vec![ns.to_string()])
-                .audience("vault")
-                .token_policies(vec![role.clone()])
-                .token_ttl("10m"),
-        ),
-    )
-    .await
-    .with_context(|| format!("kubernetes auth role {role} (is auth/kubernetes configured?)"))?;
-    Ok(uid)
-}
-
-/// Deletes the tenant's OpenBao role and policy, ignoring errors.
-pub async fn delete_tenant_vault(vault: &VaultClient, ns: &str) {
-    let role = format!("{ns}-app");
-    let _ = vaultrs::auth::kubernetes::role::delete(vault, "kubernetes", &role).await;
-    let _ = vaultrs::sys::policy::delete(vault, &role).await;
 }
