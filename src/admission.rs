@@ -338,4 +338,24 @@ mod tests {
             "create serviceaccounts/token \"default\""
         );
     }
+
+    #[test]
+    fn an_azure_resource_without_auth_uses_the_default_account() {
+        let spec: AzureKeyVaultSecretSpec = serde_json::from_value(serde_json::json!({
+            "vault": {"name": "kv", "object": {"name": "x", "type": "secret"}}
+        }))
+        .expect("spec");
+        let config = Config::parse(
+            "azure:\n  default:\n    vaultUrlTemplate: https://{name}.vault.azure.net\n    tenantId: t\n    defaultAuth:\n      workloadIdentity: {serviceAccountName: reader}\n",
+        )
+        .expect("config");
+        let refs = azure_references(&spec, &config);
+        assert_eq!(refs.len(), 1);
+        assert_eq!(
+            refs[0].describe(),
+            "create serviceaccounts/token \"reader\""
+        );
+        // Without a default auth the resource cannot sync; nothing is referenced.
+        assert!(azure_references(&spec, &Config::parse("{}").expect("config")).is_empty());
+    }
 }
