@@ -87,6 +87,7 @@ impl Context {
         failures.retain(|(kind, ns, name), _| {
             *kind != K::KIND || live.contains(&(ns.clone(), name.clone()))
         });
+        crate::janitor::shrink(&mut failures);
     }
 
     /// Remembers the version of a Secret the operator just wrote.
@@ -113,6 +114,7 @@ impl Context {
         let key = (namespace.to_string(), name.to_string());
         if deleted {
             writes.remove(&key);
+            crate::janitor::shrink(&mut writes);
             return Some(false);
         }
         writes

@@ -18,6 +18,22 @@ use crate::backend::Backend;
 use crate::context::Context;
 use crate::sync::{SyncedResource, secret_name};
 
+/// Gives a map's spare capacity back once it holds under a quarter of it: `retain` and
+/// `remove` keep a map's capacity, so after thousands of resources come and go the
+/// operator would otherwise hold their slots for good.
+pub fn shrink<K: Eq + std::hash::Hash, V>(map: &mut std::collections::HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() * 4 < map.capacity() {
+        map.shrink_to_fit();
+    }
+}
+
+/// [`shrink`] for sets.
+pub fn shrink_set<K: Eq + std::hash::Hash>(set: &mut std::collections::HashSet<K>) {
+    if set.capacity() > 64 && set.len() * 4 < set.capacity() {
+        set.shrink_to_fit();
+    }
+}
+
 /// One pass for kind `K` over `stores` (one per watched scope): forgets what belongs to
 /// resources that are gone, and returns the managed Secrets (namespace, name) of the
 /// live ones.
@@ -71,5 +87,24 @@ pub async fn run(
         let mut secrets = sweep(&ctx, &vault).await;
         secrets.extend(sweep(&ctx, &azure).await);
         ctx.metrics.retain_expiry(&secrets);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_map_that_emptied_gives_its_capacity_back() {
+        let mut map: std::collections::HashMap<u32, String> =
+            (0..5000).map(|i| (i, i.to_string())).collect();
+        map.retain(|k, _| *k < 10);
+        assert!(map.capacity() >= 5000, "retain keeps the capacity");
+        super::shrink(&mut map);
+        assert!(map.capacity() < 64, "{}", map.capacity());
+        assert_eq!(map.len(), 10);
+        // A full map is left alone.
+        let mut full: std::collections::HashMap<u32, u32> = (0..1000).map(|i| (i, i)).collect();
+        let capacity = full.capacity();
+        super::shrink(&mut full);
+        assert_eq!(full.capacity(), capacity);
     }
 }

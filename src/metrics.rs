@@ -220,6 +220,7 @@ impl Metrics {
                 .cloned()
                 .collect();
             series.retain(|k| live.contains(k));
+            crate::janitor::shrink_set(&mut series);
             gone
         };
         for (namespace, secret) in gone {

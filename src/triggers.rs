@@ -49,11 +49,13 @@ where
             Ok(watcher::Event::InitDone) => {
                 if let Some(listed) = relisted.take() {
                     seen.retain(|k, _| listed.contains(k));
+                    crate::janitor::shrink(&mut seen);
                 }
                 None
             }
             Ok(watcher::Event::Delete(obj)) => {
                 seen.remove(&key(&obj));
+                crate::janitor::shrink(&mut seen);
                 Some(Ok(obj))
             }
         };

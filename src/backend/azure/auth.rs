@@ -228,7 +228,9 @@ impl Credentials {
 
     /// Keeps only the credentials of identities still in use.
     pub fn retain(&self, live: &std::collections::HashSet<(String, Identity)>) {
-        self.lock().retain(|key, _| live.contains(key));
+        let mut cache = self.lock();
+        cache.retain(|key, _| live.contains(key));
+        crate::janitor::shrink(&mut cache);
     }
 
     pub fn len(&self) -> usize {

@@ -208,10 +208,12 @@ impl VaultBackend {
             for k in &gone_keys {
                 before.remove(k);
             }
-            gone_keys
+            let gone: Vec<_> = gone_keys
                 .into_iter()
                 .filter_map(|k| tokens.remove(&k).map(|slot| (k, slot)))
-                .collect()
+                .collect();
+            crate::janitor::shrink(&mut tokens);
+            gone
         };
         for ((connection, identity), slot) in gone {
             let cached = slot.lock().await.take();

@@ -201,10 +201,11 @@ impl Backend for VaultBackend {
                 _ => None,
             })
             .collect();
-        self.kv_versions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|key, _| mounts.contains(key));
+        {
+            let mut versions = self.kv_versions.lock().unwrap_or_else(|p| p.into_inner());
+            versions.retain(|key, _| mounts.contains(key));
+            crate::janitor::shrink(&mut versions);
+        }
         self.retain_tokens(live).await;
     }
 
