@@ -247,68 +247,91 @@ impl Drop for Registered {
     }
 }
 
-#[tokio::test]
-async fn a_user_cannot_make_the_operator_read_a_secret_they_may_not_read() {
+/// A user who may write `resource` objects in `ns` and read Secret `mine` only; the
+/// Secrets `secrets` (`mine` among them) exist.
+async fn writer_with_one_secret(
+    client: &kube::Client,
+    ns: &str,
+    user: &str,
+    resource: &str,
+    secrets: &[&str],
+) {
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-    let (client, ns, role, original) = seeded("e2e-deputy", "deputy").await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    for name in ["mine", "admin-token"] {
-        secrets
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(
-                    json!({"metadata": {"name": name}, "stringData": {"id": "x"}}),
-                )
-                .expect("secret"),
-            )
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for name in secrets {
+        let secret =
+            serde_json::from_value(json!({"metadata": {"name": name}, "stringData": {"id": "x"}}))
+                .expect("secret");
+        api.create(&PostParams::default(), &secret)
             .await
             .expect("secret");
     }
-    let alice = format!("alice-{ns}");
-    let rbac: Role = serde_json::from_value(json!({
+    let role: Role = serde_json::from_value(json!({
         "metadata": {"name": "writer"},
         "rules": [
-            {"apiGroups": ["vaultsync.dev"], "resources": ["vaultsecrets"],
+            {"apiGroups": ["vaultsync.dev"], "resources": [resource],
              "verbs": ["get", "list", "create", "update", "patch"]},
             {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mine"], "verbs": ["get"]},
         ],
     }))
     .expect("role");
-    Api::<Role>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &rbac)
+    Api::<Role>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &role)
         .await
         .expect("role");
     let binding: RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": "writer"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "writer"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": alice}],
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
     }))
     .expect("binding");
-    Api::<RoleBinding>::namespaced(client.clone(), &ns)
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &binding)
         .await
         .expect("binding");
+}
 
-    // The webhook serves with the environment's apiserver certificate (CA-signed, for
-    // 127.0.0.1): the apiserver verifies it against caBundle like any webhook.
+/// An operator serving the admission webhook, registered for `ns`, with `extra` config.
+/// The webhook serves with the environment's apiserver certificate (CA-signed, for
+/// 127.0.0.1): the apiserver verifies it against caBundle like any webhook.
+async fn operator_with_webhook(
+    client: &kube::Client,
+    ns: &str,
+    extra: &str,
+) -> (Operator, Registered) {
     let pki = std::path::PathBuf::from(common::env("K8S_CA_FILE", "Kubernetes control plane"))
         .parent()
         .expect("pki dir")
         .to_path_buf();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = e2e::operator::free_port().expect("free port");
     let op = Operator::start_with(
-        &ns,
-        e2e::OperatorOptions::default().extra(&format!(
-            "admission:\n  enabled: true\n  address: 127.0.0.1:{port}\n  certFile: {}\n  keyFile: {}\n",
-            pki.join("apiserver.crt").display(),
-            pki.join("apiserver.key").display()
-        )),
+        ns,
+        e2e::OperatorOptions::default()
+            .extra(&format!(
+                "admission:\n  enabled: true\n  address: 127.0.0.1:{port}\n  certFile: {}\n  keyFile: {}\n",
+                pki.join("apiserver.crt").display(),
+                pki.join("apiserver.key").display()
+            ))
+            .extra(extra),
     )
     .await;
-    let _registered = Registered::new(&client, &ns, port).await;
+    let registered = Registered::new(client, ns, port).await;
+    (op, registered)
+}
+
+#[tokio::test]
+async fn a_user_cannot_make_the_operator_read_a_secret_they_may_not_read() {
+    let (client, ns, role, original) = seeded("e2e-deputy", "deputy").await;
+    let alice = format!("alice-{ns}");
+    writer_with_one_secret(
+        &client,
+        &ns,
+        &alice,
+        "vaultsecrets",
+        &["mine", "admin-token"],
+    )
+    .await;
+    let (op, _registered) = operator_with_webhook(&client, &ns, "").await;
 
     let as_alice: Api<kube::core::DynamicObject> = Api::namespaced_with(
         client_as(&alice).await,
@@ -406,60 +429,19 @@ async fn a_user_cannot_make_the_operator_read_a_secret_they_may_not_read() {
 
 #[tokio::test]
 async fn a_user_cannot_make_the_operator_read_as_an_azure_identity_they_may_not_use() {
-    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let kv = e2e::keyvault::KeyVaultEnv::load().unwrap_or_else(|e| panic!("{e}"));
     let (client, ns) = e2e::setup("e2e-akv-deputy").await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    for name in ["mine", "admin-creds"] {
-        let secret =
-            serde_json::from_value(json!({"metadata": {"name": name}, "stringData": {"s": "x"}}))
-                .expect("secret");
-        secrets
-            .create(&PostParams::default(), &secret)
-            .await
-            .expect("secret");
-    }
     let bob = format!("bob-{}", &*ns);
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": "writer"},
-        "rules": [
-            {"apiGroups": ["vaultsync.dev"], "resources": ["azurekeyvaultsecrets"],
-             "verbs": ["get", "list", "create", "update", "patch"]},
-            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mine"], "verbs": ["get"]},
-        ],
-    }))
-    .expect("role");
-    Api::<Role>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &role)
-        .await
-        .expect("role");
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "writer"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "writer"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": bob}],
-    }))
-    .expect("binding");
-    Api::<RoleBinding>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .expect("binding");
-    let pki = std::path::PathBuf::from(common::env("K8S_CA_FILE", "Kubernetes control plane"))
-        .parent()
-        .expect("pki dir")
-        .to_path_buf();
-    let port = e2e::operator::free_port().expect("free port");
-    let _op = Operator::start_with(
+    writer_with_one_secret(
+        &client,
         &ns,
-        e2e::OperatorOptions::default()
-            .extra(&format!(
-                "admission:\n  enabled: true\n  address: 127.0.0.1:{port}\n  certFile: {}\n  keyFile: {}\n",
-                pki.join("apiserver.crt").display(),
-                pki.join("apiserver.key").display()
-            ))
-            .extra(&kv.connection_yaml(kv.port, "")),
+        &bob,
+        "azurekeyvaultsecrets",
+        &["mine", "admin-creds"],
     )
     .await;
-    let _registered = Registered::new(&client, &ns, port).await;
+    let (_op, _registered) =
+        operator_with_webhook(&client, &ns, &kv.connection_yaml(kv.port, "")).await;
     let as_bob: Api<kube::core::DynamicObject> = Api::namespaced_with(
         client_as(&bob).await,
         &ns,
@@ -481,7 +463,7 @@ async fn a_user_cannot_make_the_operator_read_as_an_azure_identity_they_may_not_
         }))
         .expect("resource")
     };
-    let client_secret = |secret: &str| json!({"clientSecret": {"clientId": "sp", "secretRef": {"name": secret, "key": "s"}}});
+    let client_secret = |secret: &str| json!({"clientSecret": {"clientId": "sp", "secretRef": {"name": secret, "key": "id"}}});
     let refused = common::wait_until(Duration::from_secs(30), "the webhook to answer", || {
         let api = as_bob.clone();
         let obj = resource("steal", client_secret("admin-creds"));
