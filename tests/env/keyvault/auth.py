@@ -11,7 +11,6 @@ A denial is a 403 with inner code AccessDenied (fact 10).
 """
 
 import json
-import os
 import threading
 import time
 
@@ -19,7 +18,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from common import FWLINK_ACCESS_DENIED, KvError, b64url, b64url_decode, int_to_b64url
+from common import (FWLINK_ACCESS_DENIED, KvError, b64url, b64url_decode, file_stamp,
+                    int_to_b64url)
 
 RESOURCE = "https://vault.azure.net"
 CLOCK_SKEW = 300
@@ -147,11 +147,7 @@ class Grants:
         self.data = {}
 
     def _load(self):
-        try:
-            st = os.stat(self.path)
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            stamp = None
+        stamp = file_stamp(self.path)
         with self.lock:
             if stamp != self.stamp:
                 data = {}

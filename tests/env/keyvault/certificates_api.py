@@ -47,7 +47,8 @@ import keys_api
 from common import (KvError, b64url, bad_parameter, check_attributes, check_name, check_tags,
                     new_version, object_body)
 from secrets_api import PEM, PKCS12
-from store import Version, page
+import store
+from store import Version
 
 PFX_UNREADABLE = ("The specified PKCS#12 X.509 certificate content can not be read. Please check "
                   "if certificate is in valid PKCS#12 format.")  # best reading
@@ -575,20 +576,13 @@ def update_certificate(req, vault, name, version):
     return 200, bundle(vault, obj, v)
 
 
-def deleted_fields(vault, entry):
-    return {"recoveryId": f"{vault.base_url()}/deletedcertificates/{entry.obj.name}",
-            "deletedDate": entry.deleted_date, "scheduledPurgeDate": entry.scheduled_purge_date}
-
-
 def delete_certificate(req, vault, name):
     entry = vault["certificates"].delete(name, req.settings.delete_delay)
     vault.operations.pop(name.lower(), None)
     for kind in ("keys", "secrets"):
         if vault[kind].get(name) is not None:
             vault[kind].delete(name, req.settings.delete_delay)
-    out = deleted_fields(vault, entry)
-    out.update(bundle(vault, entry.obj, entry.obj.latest()))
-    return 200, out
+    return 200, store.deleted_body(vault, "certificates", entry, lambda o, v: bundle(vault, o, v))
 
 
 def purge_certificate(req, vault, name):
@@ -607,81 +601,32 @@ def recover_certificate(req, vault, name):
     return 200, bundle(vault, obj, obj.latest())
 
 
-def list_certificates(req, vault):
-    objs = sorted(vault["certificates"].live.values(), key=lambda o: o.name.lower())
-    chunk, next_link = page(objs, lambda o: o.name.lower(), req.query, req.next_link)
-    return 200, {"value": [item(vault, o, o.latest()) for o in chunk], "nextLink": next_link}
+# /certificates/{name}/{sub} that are not versions.
+NOT_VERSIONS = ("create", "pending", "backup", "policy")
 
 
-def list_versions(req, vault, name):
-    obj = vault["certificates"].get(name)
-    if obj is None:
-        raise vault["certificates"].not_found(name)
-    versions = sorted(obj.versions, key=lambda v: (v.created, v.version))
-    chunk, next_link = page(versions, lambda v: [v.created, v.version], req.query, req.next_link)
-    return 200, {"value": [item(vault, obj, v, True) for v in chunk], "nextLink": next_link}
-
-
-def list_deleted(req, vault):
-    entries = sorted((e for e in vault["certificates"].deleted.values() if e.ready()),
-                     key=lambda e: e.obj.name.lower())
-    chunk, next_link = page(entries, lambda e: e.obj.name.lower(), req.query, req.next_link)
-    out = []
-    for e in chunk:
-        it = deleted_fields(vault, e)
-        it.update(item(vault, e.obj, e.obj.latest()))
-        out.append(it)
-    return 200, {"value": out, "nextLink": next_link}
-
-
-def get_deleted(req, vault, name):
-    entry = vault["certificates"].get_deleted(name)
-    out = deleted_fields(vault, entry)
-    out.update(bundle(vault, entry.obj, entry.obj.latest()))
-    return 200, out
+def subroute(name, sub, m):
+    """The certificate's own /certificates/{name}/{sub} routes."""
+    if sub == "import" and m == "POST":
+        return "import", lambda r, vt: import_certificate(r, vt, name)
+    if sub == "create" and m == "POST":
+        return "create", lambda r, vt: create_certificate(r, vt, name)
+    if sub == "pending" and m == "GET":
+        return "get", lambda r, vt: get_operation(r, vt, name)
+    if sub == "pending" and m == "DELETE":
+        return "delete", lambda r, vt: delete_operation(r, vt, name)
+    if sub == "policy" and m == "GET":
+        return "get", lambda r, vt: get_policy(r, vt, name)
+    return None
 
 
 def route(req, parts):
-    m = req.command
     if parts[0] == "certificates":
-        if len(parts) == 1 and m == "GET":
-            return "list", lambda r, vt: list_certificates(r, vt)
-        if len(parts) == 2 or (len(parts) == 3 and parts[2] == ""):
-            name = parts[1]
-            if m == "GET":
-                return "get", lambda r, vt: get_certificate(r, vt, name, "")
-            if m == "PATCH":
-                return "update", lambda r, vt: update_certificate(r, vt, name, "")
-            if m == "DELETE" and len(parts) == 2:
-                return "delete", lambda r, vt: delete_certificate(r, vt, name)
-        if len(parts) == 3:
-            name, sub = parts[1], parts[2]
-            if sub == "import" and m == "POST":
-                return "import", lambda r, vt: import_certificate(r, vt, name)
-            if sub == "create" and m == "POST":
-                return "create", lambda r, vt: create_certificate(r, vt, name)
-            if sub == "pending" and m == "GET":
-                return "get", lambda r, vt: get_operation(r, vt, name)
-            if sub == "pending" and m == "DELETE":
-                return "delete", lambda r, vt: delete_operation(r, vt, name)
-            if sub == "versions" and m == "GET":
-                return "list", lambda r, vt: list_versions(r, vt, name)
-            if sub == "policy" and m == "GET":
-                return "get", lambda r, vt: get_policy(r, vt, name)
-            if sub not in ("create", "pending", "backup", "policy") and m == "GET":
-                return "get", lambda r, vt: get_certificate(r, vt, name, sub)
-            if sub not in ("create", "pending", "backup", "policy") and m == "PATCH":
-                return "update", lambda r, vt: update_certificate(r, vt, name, sub)
-    elif parts[0] == "deletedcertificates":
-        if len(parts) == 1 and m == "GET":
-            return "list", lambda r, vt: list_deleted(r, vt)
-        if len(parts) == 2:
-            name = parts[1]
-            if m == "GET":
-                return "get", lambda r, vt: get_deleted(r, vt, name)
-            if m == "DELETE":
-                return "purge", lambda r, vt: purge_certificate(r, vt, name)
-        if len(parts) == 3 and parts[2] == "recover" and m == "POST":
-            name = parts[1]
-            return "recover", lambda r, vt: recover_certificate(r, vt, name)
+        return store.route_live(req, parts, "certificates", item, get_certificate,
+                                update_certificate, delete_certificate, subroute=subroute,
+                                is_version=lambda sub: sub not in NOT_VERSIONS)
+    if parts[0] == "deletedcertificates":
+        return store.route_deleted(req, parts, "certificates", item,
+                                   lambda r, vt, o, v: bundle(vt, o, v),
+                                   purge_certificate, recover_certificate)
     return None

@@ -5,6 +5,7 @@ wording quoted from observed/keyvault-error-responses.json is marked "observed".
 """
 
 import base64
+import os
 import re
 import time
 import uuid
@@ -127,3 +128,12 @@ def object_body(body, required=False):
     if not isinstance(body, dict):
         raise bad_parameter("The request body must be a JSON object.")
     return body
+
+
+def file_stamp(path):
+    """What tells a re-read file has changed: (mtime, size, inode), or None if it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

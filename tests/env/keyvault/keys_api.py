@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from common import (KvError, b64url, b64url_decode, bad_parameter, check_attributes,
                     check_name, check_tags, int_to_b64url, new_version, now, object_body)
-from store import Version, page
+import store
+from store import Version
 
 RSA_OPS = ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]  # recordings
 EC_OPS = ["sign", "verify"]                                                 # recordings
@@ -205,54 +206,13 @@ def update_key(req, vault, name, version):
     return 200, bundle(vault, obj, v)
 
 
-def deleted_fields(vault, entry):
-    return {"recoveryId": f"{vault.base_url()}/deletedkeys/{entry.obj.name}",
-            "deletedDate": entry.deleted_date, "scheduledPurgeDate": entry.scheduled_purge_date}
-
-
 def delete_key(req, vault, name):
     obj = vault["keys"].get(name)
     if obj is not None and obj.managed:
         raise KvError(403, "Forbidden", "Operation delete is not allowed on a managed key.",
                       "KeyManaged")
     entry = vault["keys"].delete(name, req.settings.delete_delay)
-    out = deleted_fields(vault, entry)
-    out.update(bundle(vault, entry.obj, entry.obj.latest()))
-    return 200, out
-
-
-def list_keys(req, vault):
-    objs = sorted(vault["keys"].live.values(), key=lambda o: o.name.lower())
-    chunk, next_link = page(objs, lambda o: o.name.lower(), req.query, req.next_link)
-    return 200, {"value": [item(vault, o, o.latest()) for o in chunk], "nextLink": next_link}
-
-
-def list_versions(req, vault, name):
-    obj = vault["keys"].get(name)
-    if obj is None:
-        raise vault["keys"].not_found(name)
-    versions = sorted(obj.versions, key=lambda v: (v.created, v.version))
-    chunk, next_link = page(versions, lambda v: [v.created, v.version], req.query, req.next_link)
-    return 200, {"value": [item(vault, obj, v, True) for v in chunk], "nextLink": next_link}
-
-
-def list_deleted(req, vault):
-    entries = sorted((e for e in vault["keys"].deleted.values() if e.ready()),
-                     key=lambda e: e.obj.name.lower())
-    chunk, next_link = page(entries, lambda e: e.obj.name.lower(), req.query, req.next_link)
-    out = []
-    for e in chunk:
-        it = deleted_fields(vault, e)
-        it.update(item(vault, e.obj, e.obj.latest()))
-        out.append(it)
-    return 200, {"value": out, "nextLink": next_link}
-
-
-def get_deleted(req, vault, name):
-    entry = vault["keys"].get_deleted(name)
-    out = deleted_fields(vault, entry)
-    out.update(bundle(vault, entry.obj, entry.obj.latest()))
-    return 200, out
+    return 200, store.deleted_body(vault, "keys", entry, lambda o, v: bundle(vault, o, v))
 
 
 # --- cryptographic operations ---------------------------------------------------------------
@@ -414,47 +374,22 @@ def verify(alg, public, digest, signature):
     return True
 
 
+def key_subroute(name, sub, method):
+    """The key's own /keys/{name}/{sub} route: create."""
+    if sub == "create" and method == "POST":
+        return "create", lambda r, vt: create_key(r, vt, name)
+    return None
+
+
 def route(req, parts):
-    m = req.command
     if parts[0] == "keys":
-        if len(parts) == 1 and m == "GET":
-            return "list", lambda r, vt: list_keys(r, vt)
-        if len(parts) == 2 or (len(parts) == 3 and parts[2] == ""):
-            name = parts[1]
-            if m == "PUT" and len(parts) == 2:
-                return "import", lambda r, vt: import_key(r, vt, name)
-            if m == "GET":
-                return "get", lambda r, vt: get_key(r, vt, name, "")
-            if m == "PATCH":
-                return "update", lambda r, vt: update_key(r, vt, name, "")
-            if m == "DELETE" and len(parts) == 2:
-                return "delete", lambda r, vt: delete_key(r, vt, name)
-        if len(parts) == 3:
-            name, sub = parts[1], parts[2]
-            if sub == "create" and m == "POST":
-                return "create", lambda r, vt: create_key(r, vt, name)
-            if sub == "versions" and m == "GET":
-                return "list", lambda r, vt: list_versions(r, vt, name)
-            if m == "GET":
-                return "get", lambda r, vt: get_key(r, vt, name, sub)
-            if m == "PATCH":
-                return "update", lambda r, vt: update_key(r, vt, name, sub)
-        if len(parts) == 4 and parts[3] in CRYPTO_OPS and m == "POST":
+        if len(parts) == 4 and parts[3] in CRYPTO_OPS and req.command == "POST":
             # An empty version ("/keys/{name}//wrapkey", fact 15) means the latest.
             name, version, segment = parts[1], parts[2], parts[3]
             return CRYPTO_OPS[segment][0], (
                 lambda r, vt: crypto_op(r, vt, name, version, segment))
-    elif parts[0] == "deletedkeys":
-        if len(parts) == 1 and m == "GET":
-            return "list", lambda r, vt: list_deleted(r, vt)
-        if len(parts) == 2:
-            name = parts[1]
-            if m == "GET":
-                return "get", lambda r, vt: get_deleted(r, vt, name)
-            if m == "DELETE":
-                return "purge", lambda r, vt: (vt["keys"].purge(name), (204, None))[1]
-        if len(parts) == 3 and parts[2] == "recover" and m == "POST":
-            name = parts[1]
-            return "recover", lambda r, vt: (
-                lambda obj: (200, bundle(vt, obj, obj.latest())))(vt["keys"].recover(name))
+        return store.route_live(req, parts, "keys", item, get_key, update_key, delete_key,
+                                put=("import", import_key), subroute=key_subroute)
+    if parts[0] == "deletedkeys":
+        return store.route_deleted(req, parts, "keys", item, lambda r, vt, o, v: bundle(vt, o, v))
     return None

@@ -15,7 +15,8 @@ Routes (each also with a trailing slash; an empty version means the latest, fact
 
 from common import (MAX_CONTENT_TYPE, MAX_SECRET_VALUE_BYTES, KvError, bad_parameter,
                     check_attributes, check_name, check_tags, new_version, object_body)
-from store import Version, page
+import store
+from store import Version
 
 PEM = "application/x-pem-file"
 PKCS12 = "application/x-pkcs12"
@@ -58,11 +59,6 @@ def item(vault, obj, v, versioned=False):
     if obj.managed:
         out["managed"] = True
     return out
-
-
-def deleted_fields(vault, entry):
-    return {"recoveryId": f"{vault.base_url()}/deletedsecrets/{entry.obj.name}",
-            "deletedDate": entry.deleted_date, "scheduledPurgeDate": entry.scheduled_purge_date}
 
 
 def set_secret(req, vault, name):
@@ -145,91 +141,19 @@ def delete_secret(req, vault, name):
         raise KvError(403, "Forbidden", "Operation delete is not allowed on a managed secret.",
                       "SecretManaged")
     entry = vault["secrets"].delete(name, req.settings.delete_delay)
-    out = deleted_fields(vault, entry)
-    out.update(bundle(req, vault, entry.obj, entry.obj.latest(), with_value=False))
-    return 200, out
+    return 200, store.deleted_body(vault, "secrets", entry,
+                                   lambda o, v: bundle(req, vault, o, v, with_value=False))
 
 
-def list_secrets(req, vault):
-    objs = sorted(vault["secrets"].live.values(), key=lambda o: o.name.lower())
-    chunk, next_link = page(objs, lambda o: o.name.lower(), req.query, req.next_link)
-    return 200, {"value": [item(vault, o, o.latest()) for o in chunk], "nextLink": next_link}
-
-
-def list_versions(req, vault, name):
-    obj = vault["secrets"].get(name)
-    if obj is None:
-        raise vault["secrets"].not_found(name)
-    versions = sorted(obj.versions, key=lambda v: (v.created, v.version))
-    chunk, next_link = page(versions, lambda v: [v.created, v.version], req.query, req.next_link)
-    return 200, {"value": [item(vault, obj, v, versioned=True) for v in chunk],
-                 "nextLink": next_link}
-
-
-def list_deleted(req, vault):
-    entries = sorted((e for e in vault["secrets"].deleted.values() if e.ready()),
-                     key=lambda e: e.obj.name.lower())
-    chunk, next_link = page(entries, lambda e: e.obj.name.lower(), req.query, req.next_link)
-    out = []
-    for e in chunk:
-        it = deleted_fields(vault, e)
-        it.update(item(vault, e.obj, e.obj.latest()))
-        out.append(it)
-    return 200, {"value": out, "nextLink": next_link}
-
-
-def get_deleted(req, vault, name):
-    entry = vault["secrets"].get_deleted(name)
-    out = deleted_fields(vault, entry)
-    out.update(bundle(req, vault, entry.obj, entry.obj.latest(), with_value=False))
-    return 200, out
-
-
-def purge_deleted(req, vault, name):
-    vault["secrets"].purge(name)
-    return 204, None
-
-
-def recover_deleted(req, vault, name):
-    obj = vault["secrets"].recover(name)
-    return 200, bundle(req, vault, obj, obj.latest(), with_value=False)
+def bundle_without_value(req, vault, obj, v):
+    return bundle(req, vault, obj, v, with_value=False)
 
 
 def route(req, parts):
     """parts: the path split on "/" after the vault root. Returns (kind, permission, handler)."""
-    m = req.command
     if parts[0] == "secrets":
-        if len(parts) == 1:
-            if m == "GET":
-                return "list", lambda r, vt: list_secrets(r, vt)
-        elif len(parts) == 2 or (len(parts) == 3 and parts[2] == ""):
-            name = parts[1]
-            if m == "PUT" and len(parts) == 2:
-                return "set", lambda r, vt: set_secret(r, vt, name)
-            if m == "GET":
-                return "get", lambda r, vt: get_secret(r, vt, name, "")
-            if m == "PATCH":
-                return "set", lambda r, vt: update_secret(r, vt, name, "")
-            if m == "DELETE" and len(parts) == 2:
-                return "delete", lambda r, vt: delete_secret(r, vt, name)
-        elif len(parts) == 3:
-            name, version = parts[1], parts[2]
-            if version == "versions" and m == "GET":
-                return "list", lambda r, vt: list_versions(r, vt, name)
-            if m == "GET":
-                return "get", lambda r, vt: get_secret(r, vt, name, version)
-            if m == "PATCH":
-                return "set", lambda r, vt: update_secret(r, vt, name, version)
-    elif parts[0] == "deletedsecrets":
-        if len(parts) == 1 and m == "GET":
-            return "list", lambda r, vt: list_deleted(r, vt)
-        if len(parts) == 2:
-            name = parts[1]
-            if m == "GET":
-                return "get", lambda r, vt: get_deleted(r, vt, name)
-            if m == "DELETE":
-                return "purge", lambda r, vt: purge_deleted(r, vt, name)
-        if len(parts) == 3 and parts[2] == "recover" and m == "POST":
-            name = parts[1]
-            return "recover", lambda r, vt: recover_deleted(r, vt, name)
+        return store.route_live(req, parts, "secrets", item, get_secret, update_secret,
+                                delete_secret, "set", put=("set", set_secret))
+    if parts[0] == "deletedsecrets":
+        return store.route_deleted(req, parts, "secrets", item, bundle_without_value)
     return None

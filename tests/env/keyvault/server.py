@@ -47,7 +47,7 @@ import keys_api  # noqa: E402
 import secrets_api  # noqa: E402
 from auth import Authenticator, Grants  # noqa: E402
 from common import (LATEST_API_VERSION, SUPPORTED_API_VERSIONS, KvError,  # noqa: E402
-                    bad_parameter)
+                    bad_parameter, file_stamp)
 from store import Store  # noqa: E402
 
 HOST_RE = re.compile(r"^([a-z0-9-]{1,63})\.vault\.azure\.net$")
@@ -77,11 +77,7 @@ class Settings:
     def _load(self):
         if not self.path:
             return self.data
-        try:
-            st = os.stat(self.path)
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            stamp = None
+        stamp = file_stamp(self.path)
         with self.lock:
             if stamp != self.stamp:
                 try:

@@ -252,3 +252,115 @@ def page(items, sort_key, query, make_next_link):
 
 def _key(k):
     return tuple(k) if isinstance(k, (list, tuple)) else (k,)
+
+
+# --- listing and deleted objects, shared by secrets_api, keys_api and certificates_api -------
+# `item(vault, obj, v, versioned=False)` builds a *Item and `bundle(req, vault, obj, v)` a
+# *Bundle of the kind; both are the API module's own.
+
+def deleted_body(vault, kind, entry, body):
+    """A Deleted*Bundle / Deleted*Item: recoveryId and the dates, then body(obj, latest)."""
+    out = {"recoveryId": f"{vault.base_url()}/deleted{kind}/{entry.obj.name}",
+           "deletedDate": entry.deleted_date, "scheduledPurgeDate": entry.scheduled_purge_date}
+    out.update(body(entry.obj, entry.obj.latest()))
+    return out
+
+
+def _paged(req, items, sort_key, make_item):
+    chunk, next_link = page(items, sort_key, req.query, req.next_link)
+    return 200, {"value": [make_item(x) for x in chunk], "nextLink": next_link}
+
+
+def list_live(req, vault, kind, item):
+    """GET /{kind}: the latest version of every live object, by name."""
+    objs = sorted(vault[kind].live.values(), key=lambda o: o.name.lower())
+    return _paged(req, objs, lambda o: o.name.lower(), lambda o: item(vault, o, o.latest()))
+
+
+def list_versions(req, vault, kind, name, item):
+    """GET /{kind}/{name}/versions: every version, oldest first, with versioned ids."""
+    obj = vault[kind].get(name)
+    if obj is None:
+        raise vault[kind].not_found(name)
+    versions = sorted(obj.versions, key=lambda v: (v.created, v.version))
+    return _paged(req, versions, lambda v: [v.created, v.version],
+                  lambda v: item(vault, obj, v, True))
+
+
+def list_deleted(req, vault, kind, item):
+    """GET /deleted{kind}: the objects whose deletion is complete, by name."""
+    entries = sorted((e for e in vault[kind].deleted.values() if e.ready()),
+                     key=lambda e: e.obj.name.lower())
+    return _paged(req, entries, lambda e: e.obj.name.lower(),
+                  lambda e: deleted_body(vault, kind, e, lambda o, v: item(vault, o, v)))
+
+
+def get_deleted(req, vault, kind, name, bundle):
+    entry = vault[kind].get_deleted(name)
+    return 200, deleted_body(vault, kind, entry, lambda o, v: bundle(req, vault, o, v))
+
+
+def purge_deleted(req, vault, kind, name):
+    vault[kind].purge(name)
+    return 204, None
+
+
+def recover_deleted(req, vault, kind, name, bundle):
+    obj = vault[kind].recover(name)
+    return 200, bundle(req, vault, obj, obj.latest())
+
+
+def route_live(req, parts, kind, item, get, update, delete, update_permission="update",
+               put=None, subroute=None, is_version=lambda sub: True):
+    """Routes of /{kind}[/{name}[/{version}]] -> (permission, handler), or None.
+
+    get / update (req, vault, name, version) and delete (req, vault, name) are the kind's;
+    put is (permission, handler(req, vault, name)) for PUT /{kind}/{name}; subroute(name, sub,
+    method) routes the kind's own /{kind}/{name}/{sub} first; is_version(sub) says whether
+    GET/PATCH /{kind}/{name}/{sub} address a version."""
+    m = req.command
+    if len(parts) == 1 and m == "GET":
+        return "list", lambda r, vt: list_live(r, vt, kind, item)
+    if len(parts) == 2 or (len(parts) == 3 and parts[2] == ""):
+        name = parts[1]
+        if put is not None and m == "PUT" and len(parts) == 2:
+            return put[0], lambda r, vt: put[1](r, vt, name)
+        if m == "GET":
+            return "get", lambda r, vt: get(r, vt, name, "")
+        if m == "PATCH":
+            return update_permission, lambda r, vt: update(r, vt, name, "")
+        if m == "DELETE" and len(parts) == 2:
+            return "delete", lambda r, vt: delete(r, vt, name)
+    if len(parts) == 3:
+        name, sub = parts[1], parts[2]
+        found = subroute(name, sub, m) if subroute is not None else None
+        if found is not None:
+            return found
+        if sub == "versions" and m == "GET":
+            return "list", lambda r, vt: list_versions(r, vt, kind, name, item)
+        if is_version(sub) and m == "GET":
+            return "get", lambda r, vt: get(r, vt, name, sub)
+        if is_version(sub) and m == "PATCH":
+            return update_permission, lambda r, vt: update(r, vt, name, sub)
+    return None
+
+
+def route_deleted(req, parts, kind, item, bundle, purge=None, recover=None):
+    """Routes of /deleted{kind}[/{name}[/recover]] -> (permission, handler), or None.
+
+    purge / recover (req, vault, name) replace the plain ones (certificates cascade)."""
+    purge = purge or (lambda r, vt, name: purge_deleted(r, vt, kind, name))
+    recover = recover or (lambda r, vt, name: recover_deleted(r, vt, kind, name, bundle))
+    m = req.command
+    if len(parts) == 1 and m == "GET":
+        return "list", lambda r, vt: list_deleted(r, vt, kind, item)
+    if len(parts) == 2:
+        name = parts[1]
+        if m == "GET":
+            return "get", lambda r, vt: get_deleted(r, vt, kind, name, bundle)
+        if m == "DELETE":
+            return "purge", lambda r, vt: purge(r, vt, name)
+    if len(parts) == 3 and parts[2] == "recover" and m == "POST":
+        name = parts[1]
+        return "recover", lambda r, vt: recover(r, vt, name)
+    return None
