@@ -142,6 +142,27 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
 }
 
+/// The reqwest client of a backend connection: its timeouts, and the system's roots plus
+/// the PEM bundle `ca_file` (named `field` in errors). TLS settings come only from here.
+pub fn http_client(
+    field: &str,
+    ca_file: Option<&std::path::Path>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(std::time::Duration::from_secs(5));
+    if let Some(ca) = ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| anyhow::anyhow!("{field}: cannot read {}: {e}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            anyhow::anyhow!("{field}: {} holds no PEM certificate: {e}", ca.display())
+        })?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    Ok(builder.build()?)
+}
+
 /// A short-lived, audience-bound token for a service account of the resource's namespace:
 /// the tenant identity every backend logs in with.
 pub async fn service_account_token(

@@ -107,25 +107,15 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(name: &str, config: &AzureConnection) -> anyhow::Result<Self> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .connect_timeout(Duration::from_secs(5));
-        if let Some(ca) = &config.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| {
-                anyhow::anyhow!("azure.{name}.caFile: cannot read {}: {e}", ca.display())
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                anyhow::anyhow!(
-                    "azure.{name}.caFile: {} holds no PEM certificate: {e}",
-                    ca.display()
-                )
-            })?;
-            builder = builder.tls_certs_merge(certs);
-        }
+        let http = crate::backend::http_client(
+            &format!("azure.{name}.caFile"),
+            config.ca_file.as_deref(),
+            Duration::from_secs(15),
+        )?;
         Ok(Self {
             name: name.to_string(),
             config: config.clone(),
-            http: builder.build()?,
+            http,
             vaults: Mutex::default(),
             clients: Mutex::default(),
             in_flight: Arc::default(),

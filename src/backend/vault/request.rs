@@ -42,26 +42,16 @@ pub(super) struct Call<'a> {
 
 impl Connection {
     pub fn new(name: &str, config: &VaultConnection) -> anyhow::Result<Self> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(5));
-        if let Some(ca) = &config.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| {
-                anyhow::anyhow!("vault.{name}.caFile: cannot read {}: {e}", ca.display())
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                anyhow::anyhow!(
-                    "vault.{name}.caFile: {} holds no PEM certificate: {e}",
-                    ca.display()
-                )
-            })?;
-            builder = builder.tls_certs_merge(certs);
-        }
+        let http = crate::backend::http_client(
+            &format!("vault.{name}.caFile"),
+            config.ca_file.as_deref(),
+            Duration::from_secs(10),
+        )?;
         Ok(Self {
             name: name.to_string(),
             config: config.clone(),
             limiter: RateLimiter::new(config.requests_per_second),
-            http: builder.build()?,
+            http,
         })
     }
 
