@@ -98,8 +98,9 @@ const ALLOWED: &[(&str, &str, &[&str], &str)] = &[
     (
         "coordination.k8s.io",
         "leases",
-        &["get", "create", "patch"],
-        "leader election in the operator's namespace (kube-lease-manager)",
+        &["get", "list", "watch", "create", "patch"],
+        "leader election in the operator's namespace (kube-lease-manager; the standby \
+         watches the Lease, by name, to take it as soon as it is released)",
     ),
     (
         "apiextensions.k8s.io",
@@ -1249,6 +1250,7 @@ async fn namespaced_scope_grants_nothing_outside_the_listed_namespaces() {
         ("create", lease, "leases", op, None),
         ("get", lease, "leases", op, Some("vaultsync-leader")),
         ("patch", lease, "leases", op, Some("vaultsync-leader")),
+        ("watch", lease, "leases", op, Some("vaultsync-leader")),
     ];
     let denied = [
         ("update", vs, "vaultsecrets", t, Some("x")),
@@ -1277,6 +1279,8 @@ async fn namespaced_scope_grants_nothing_outside_the_listed_namespaces() {
         ),
         ("patch", lease, "leases", op, Some("someone-elses")),
         ("update", lease, "leases", op, Some("vaultsync-leader")),
+        ("list", lease, "leases", op, None),
+        ("watch", lease, "leases", op, Some("someone-elses")),
         ("patch", "events.k8s.io", "events", t, Some("x")),
         ("patch", vs, "azurekeyvaultsecrets", t, Some("x")),
         ("get", lease, "leases", t, Some("vaultsync-leader")),

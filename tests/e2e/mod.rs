@@ -524,13 +524,13 @@ pub async fn database_role(ns: &str, default_ttl: u64, max_ttl: u64) {
     );
 }
 
-/// Creates Deployment `api` in `ns` (no kubelet runs it; its pod template is what a
-/// rollout restart changes).
+/// Creates Deployment `api` in `ns` with no replicas (its pod template is what a rollout
+/// restart changes; no pod of it runs on the environment's node).
 pub async fn deployment(client: &kube::Client, ns: &str) -> Api<Deployment> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let d: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "api"},
-        "spec": {"selector": {"matchLabels": {"app": "api"}},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "api"}},
                  "template": {"metadata": {"labels": {"app": "api"}},
                               "spec": {"containers": [{"name": "api", "image": "example.invalid/api"}]}}}
     }))

@@ -7,8 +7,9 @@
 #   tests/env/k8s.sh down   stop all three; certificates stay, etcd data is wiped on the next up
 #   tests/env/k8s.sh build [BINARY...]   build only (default: the control plane's three)
 #
-# No node of its own: only API objects, the garbage collector, the namespace and
-# service-account controllers. tests/env/node.sh adds a node (kubelet, kube-scheduler),
+# No node of its own: API objects and the controllers a node needs (garbage collector,
+# namespaces, service accounts, deployments, replica sets, endpoints, node lifecycle).
+# tests/env/node.sh adds a node (kubelet, kube-scheduler),
 # built here with `k8s.sh build kube-scheduler kubelet`. The apiserver is its own service-account
 # token issuer (https://127.0.0.1:$APISERVER_PORT) and accepts the audiences `vault` and
 # `api://AzureADTokenExchange` besides its own.
@@ -168,9 +169,13 @@ etcd_healthy() { curl -sS --fail --max-time 2 "http://127.0.0.1:$ETCD_PORT/healt
 api_ready() { api "$API_URL/readyz" | grep -qx ok; }
 kcm_healthy() { curl -sS --fail --max-time 2 --cacert "$PKI/ca.crt" "https://127.0.0.1:$KCM_PORT/healthz" | grep -qx ok; }
 
+# The flags the running control plane was started with are those of this script: a
+# control plane started by an older version of it is restarted.
+FLAGS_SUM=$(sha256sum <"${BASH_SOURCE[0]}" | cut -c1-16)
 healthy() {
   is_running "$STATE/etcd.pid" && is_running "$STATE/kube-apiserver.pid" &&
-    is_running "$STATE/kube-controller-manager.pid" && api_ready && kcm_healthy
+    is_running "$STATE/kube-controller-manager.pid" && api_ready && kcm_healthy &&
+    [[ $(cat "$STATE/started-by" 2>/dev/null) == "$FLAGS_SUM" ]]
 }
 
 # alive_and COMPONENT CHECK: our process is still running and CHECK passes, so a
@@ -213,9 +218,10 @@ start_etcd() {
 }
 
 start_apiserver() {
-  # No kubelets and no service traffic: the endpoint reconciler is off because a
-  # loopback advertise address is not a valid endpoint, and the service CIDR only
-  # serves ClusterIP allocation.
+  # No service proxy: the endpoint reconciler is off because a loopback advertise address
+  # is not a valid endpoint (pods reach the apiserver at 10.96.0.1 through the node's TCP
+  # proxy, tests/env/node.sh), and the apiserver dials webhooks and service proxies at
+  # the endpoints' pod addresses (--enable-aggregator-routing), not at ClusterIPs.
   start_bg "$STATE/kube-apiserver.pid" "$STATE/kube-apiserver.log" "$K8S_BIN/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
     --bind-address=127.0.0.1 \
@@ -231,6 +237,7 @@ start_apiserver() {
     --api-audiences="$API_URL,vault,api://AzureADTokenExchange" \
     --service-cluster-ip-range="$SERVICE_CIDR" \
     --endpoint-reconciler-type=none \
+    --enable-aggregator-routing=true \
     --profiling=false
   await kube-apiserver api_ready 120
   # The bootstrap controller creates default, kube-system, kube-public, kube-node-lease.
@@ -249,6 +256,10 @@ start_apiserver() {
     die k8s "could not create the issuer discovery ClusterRoleBinding; see $STATE/kube-apiserver.log"
 }
 
+# What a node needs besides API objects: Deployments make ReplicaSets make pods, Services
+# get endpoints, the node lifecycle controller lifts the node's not-ready taint.
+KCM_CONTROLLERS=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,endpoints-controller,endpointslice-controller,endpointslice-mirroring-controller,node-lifecycle-controller,disruption-controller,pod-garbage-collector-controller
+
 start_kcm() {
   start_bg "$STATE/kube-controller-manager.pid" "$STATE/kube-controller-manager.log" \
     "$K8S_BIN/kube-controller-manager" \
@@ -261,7 +272,7 @@ start_kcm() {
     --secure-port="$KCM_PORT" \
     --tls-cert-file="$PKI/apiserver.crt" \
     --tls-private-key-file="$PKI/apiserver.key" \
-    --controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller \
+    --controllers="$KCM_CONTROLLERS" \
     --use-service-account-credentials=false \
     --service-account-private-key-file="$PKI/sa.key" \
     --root-ca-file="$PKI/ca.crt" \
@@ -293,6 +304,7 @@ up() {
   start_etcd
   start_apiserver
   start_kcm
+  echo "$FLAGS_SUM" >"$STATE/started-by"
   write_env
   log "kubernetes $K8S_VERSION control plane up at $API_URL (KUBECONFIG=$KUBECONFIG_FILE)"
 }

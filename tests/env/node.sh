@@ -34,6 +34,13 @@ KUBELET_HEALTHZ_PORT=${KUBELET_HEALTHZ_PORT:-10348}
 SCHEDULER_PORT=${SCHEDULER_PORT:-10359}
 BRIDGE=${NODE_BRIDGE:-vsbr0}
 POD_SUBNET=${NODE_POD_SUBNET:-10.245.0.0/24}
+# Pods reach the machine's loopback services through addresses on the bridge and a TCP
+# proxy (socat) per service: the apiserver as the `kubernetes` Service (10.96.0.1:443, in
+# the apiserver certificate's names), OpenBao at $HOST_IP:8200. Nothing is forwarded or
+# NATed: the packets are addressed to the machine itself.
+HOST_IP=${POD_SUBNET%.*}.1
+APISERVER_SERVICE_IP=10.96.0.1
+BAO_IN_CLUSTER=http://$HOST_IP:8200
 CGROUP_ROOT=/vaultsync-node
 
 STATE=$ENV_DIR/node
@@ -48,6 +55,8 @@ IMAGES_CACHE=$CACHE_DIR/images
 PAUSE_IMAGE=vaultsync.local/pause:$K8S_VERSION
 SMOKE_IMAGE=vaultsync.local/node-smoke:1
 SMOKE_POD=vaultsync-node-smoke
+OPERATOR_REPO=vaultsync.local/vaultsync
+UTILITY_IMAGE=vaultsync.local/utility:1
 mkdir -p "$STATE"
 
 kc() { KUBECONFIG=$ADMIN_KUBECONFIG kubectl "$@"; }
@@ -80,8 +89,8 @@ install_packages() {
   command -v runc >/dev/null || [[ -x /usr/sbin/runc ]] || missing+=(runc)
   [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] ||
     missing+=(containernetworking-plugins)
-  for t in nsenter unshare ip gcc; do command -v $t >/dev/null || missing+=("$t"); done
-  ((${#missing[@]})) || { log "   containerd, runc, CNI plugins, gcc already installed"; return 0; }
+  for t in nsenter unshare ip gcc socat; do command -v $t >/dev/null || missing+=("$t"); done
+  ((${#missing[@]})) || { log "   containerd, runc, CNI plugins, gcc, socat already installed"; return 0; }
   local pkgs=() p
   for p in "${missing[@]}"; do
     case $p in
@@ -146,9 +155,35 @@ build_images() {
   fi
 }
 
+# The operator's image, from the release binary of this checkout (the Dockerfile's runtime
+# layout, without a container engine), tagged with the binary's digest; and the utility
+# image (busybox) that test workloads run.
+build_operator_images() {
+  local target bin sum key
+  (cd "$ROOT" && cargo build --release --locked --bin vaultsync) >"$STATE/cargo-release.log" 2>&1 ||
+    fail "release build" "$STATE/cargo-release.log" "cargo build --release --locked --bin vaultsync failed"
+  target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  bin=$target/release/vaultsync
+  sum=$(sha256sum <"$bin" | cut -c1-12)
+  key=$(cat "$NODE_LIB/build-image.sh" "$NODE_LIB/oci-image.py" | sha256sum | cut -c1-12)
+  OPERATOR_IMAGE=$OPERATOR_REPO:dev-$sum
+  OPERATOR_TAR=$IMAGES_CACHE/vaultsync-$sum-$key.tar
+  if [[ ! -f $OPERATOR_TAR ]]; then
+    rm -f "$IMAGES_CACHE"/vaultsync-*
+    bash "$NODE_LIB/build-image.sh" operator "$OPERATOR_TAR" "$OPERATOR_IMAGE" "$bin" >&2 ||
+      die node "building the operator image failed (see above)"
+  fi
+  UTILITY_TAR=$IMAGES_CACHE/utility-$key.tar
+  if [[ ! -f $UTILITY_TAR ]]; then
+    bash "$NODE_LIB/build-image.sh" utility "$UTILITY_TAR" "$UTILITY_IMAGE" >&2 ||
+      die node "building the utility image failed (see above)"
+  fi
+}
+
 import_images() {
   local tar
-  for tar in "$PAUSE_TAR" "$SMOKE_TAR"; do
+  for tar in "$PAUSE_TAR" "$SMOKE_TAR" "$OPERATOR_TAR" "$UTILITY_TAR"; do
     ctr_ images import --snapshotter overlayfs "$tar" >>"$STATE/import.log" 2>&1 ||
       die node "ctr images import $tar failed; see $STATE/import.log and $CTRD/containerd.log"
   done
@@ -283,7 +318,8 @@ EOF
       "ipam": {
         "type": "host-local",
         "dataDir": "$CNI_DIR/ipam",
-        "ranges": [[{"subnet": "$POD_SUBNET"}]]
+        "ranges": [[{"subnet": "$POD_SUBNET", "rangeStart": "${POD_SUBNET%.*}.10", "gateway": "$HOST_IP"}]],
+        "routes": [{"dst": "$APISERVER_SERVICE_IP/32", "gw": "$HOST_IP"}]
       }
     }
   ]
@@ -318,6 +354,8 @@ podLogsDir: $STATE/pod-logs
 registerNode: true
 maxPods: 30
 serializeImagePulls: false
+# Secret volumes follow a changed Secret within seconds (the default is up to a minute).
+syncFrequency: 10s
 # Never decide the machine is short of memory or disk: the pods here are small, and
 # eviction or image garbage collection would only disturb tests (or delete imported images).
 evictionHard:
@@ -428,6 +466,31 @@ start_scheduler() {
     fail kube-scheduler "$STATE/kube-scheduler.log" "kube-scheduler did not report healthy on 127.0.0.1:$SCHEDULER_PORT within 60s"
 }
 
+# The bridge, made before the first pod so it carries the machine's addresses for pods:
+# $HOST_IP/24 (pods' neighbour) and $APISERVER_SERVICE_IP/32 (the `kubernetes` Service).
+make_bridge() {
+  ip link add "$BRIDGE" type bridge
+  ip addr add "$HOST_IP/24" dev "$BRIDGE"
+  ip addr add "$APISERVER_SERVICE_IP/32" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+}
+
+# proxy NAME LISTEN_IP:PORT TARGET_PORT: a TCP proxy from a bridge address to 127.0.0.1.
+proxy() {
+  local name=$1 listen=$2 target=$3
+  start_bg "$STATE/proxy-$name.pid" "$STATE/proxy-$name.log" \
+    socat "TCP-LISTEN:${listen#*:},bind=${listen%:*},fork,reuseaddr" "TCP:127.0.0.1:$target"
+  wait_for node 10 bash -c "exec 3<>/dev/tcp/${listen%:*}/${listen#*:}" ||
+    fail "proxy $name" "$STATE/proxy-$name.log" "socat did not listen on $listen"
+}
+
+start_proxies() {
+  proxy apiserver "$APISERVER_SERVICE_IP:443" "$APISERVER_PORT"
+  proxy openbao "$HOST_IP:8200" "$BAO_PORT"
+}
+
+proxies_alive() { is_running "$STATE/proxy-apiserver.pid" && is_running "$STATE/proxy-openbao.pid"; }
+
 wait_node_ready() {
   wait_for node 120 node_ready || {
     kc get node "$NODE_NAME" -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}' >&2 || true
@@ -488,14 +551,42 @@ EOF
   kc -n default delete pod "$SMOKE_POD" --wait=false >/dev/null 2>&1 || true
 }
 
+# The chart's values for this environment (README: "Install on the local node").
+chart_values() {
+  cat <<EOF
+# charts/vaultsync on the local environment's node (written by tests/env/node.sh up):
+#   helm install vaultsync charts/vaultsync -n vaultsync-system -f \$VAULTSYNC_CHART_VALUES
+image:
+  repository: $OPERATOR_REPO
+  tag: ${OPERATOR_IMAGE##*:}
+  # Imported into the node's containerd; there is no registry.
+  pullPolicy: Never
+logFormat: text
+defaults:
+  minRefreshInterval: 5s
+vault:
+  default:
+    # OpenBao on the machine, through the node's TCP proxy on the pod bridge.
+    address: $BAO_IN_CLUSTER
+    tokenAudience: vault
+    kvVersions: {secret: 2, kv1: 1}
+    defaultAuth:
+      kubernetes: {mount: kubernetes, role: "{namespace}", serviceAccountName: default}
+EOF
+}
+
 prepare() {
   node_pki
   write_configs
   make_cgroups
 }
 
+# A node started by another version of this script (other flags or configuration) is
+# started again.
+STARTED_BY=$(cat "${BASH_SOURCE[0]}" "$NODE_LIB/mount-ns.sh" | sha256sum | cut -c1-16)
 healthy() {
-  ns_alive && containerd_ready && kubelet_healthy && scheduler_healthy && node_ready
+  ns_alive && containerd_ready && kubelet_healthy && scheduler_healthy && node_ready && proxies_alive &&
+    [[ $(cat "$STATE/started-by" 2>/dev/null) == "$STARTED_BY" ]]
 }
 
 ip_forward() { cat /proc/sys/net/ipv4/ip_forward; }
@@ -507,8 +598,10 @@ up() {
   step "node: build kube-scheduler and kubelet $K8S_VERSION (cached in $K8S_BIN)" build_binaries
   step "node: containerd, runc, CNI plugins from Debian" install_packages
   step "node: pause and smoke images (cached in $IMAGES_CACHE)" build_images
+  step "node: release build, operator and utility images (cached in $IMAGES_CACHE)" build_operator_images
   if healthy; then
     log "node $NODE_NAME already running; reusing it"
+    step "node: import images" import_images
   else
     # Partly running or stale: start from a clean slate.
     step "node: clean up leftovers" down_quiet
@@ -519,12 +612,15 @@ up() {
       die node "a network interface $BRIDGE already exists and is not this node's; remove it (ip link del $BRIDGE) or set NODE_BRIDGE"
     fi
     step "node: certificates, configuration, cgroups ($STATE, $CGROUP_ROOT)" prepare
+    step "node: bridge $BRIDGE ($HOST_IP, $APISERVER_SERVICE_IP)" make_bridge
+    step "node: TCP proxies for pods (apiserver $APISERVER_SERVICE_IP:443, openbao $BAO_IN_CLUSTER)" start_proxies
     step "node: private mount namespace" start_mount_ns
     step "node: containerd ($CTRD_SOCK)" start_containerd
     step "node: import images" import_images
     step "node: kubelet (node $NODE_NAME, 127.0.0.1:$KUBELET_PORT)" start_kubelet
     step "node: kube-scheduler (127.0.0.1:$SCHEDULER_PORT)" start_scheduler
     step "node: Node $NODE_NAME Ready" wait_node_ready
+    echo "$STARTED_BY" >"$STATE/started-by"
   fi
   step "node: smoke pod runs to completion" smoke_pod
   [[ $(ip_forward) == "$fwd_before" ]] ||
@@ -532,7 +628,12 @@ up() {
   cat >"$ENV_DIR/node.env.tmp" <<EOF
 export VAULTSYNC_NODE="$NODE_NAME"
 export VAULTSYNC_NODE_CONTAINERD="$CTRD_SOCK"
+export VAULTSYNC_NODE_VAULT_ADDR="$BAO_IN_CLUSTER"
+export VAULTSYNC_IMAGE="$OPERATOR_IMAGE"
+export UTILITY_IMAGE="$UTILITY_IMAGE"
+export VAULTSYNC_CHART_VALUES="$ENV_DIR/chart-values.yaml"
 EOF
+  chart_values >"$ENV_DIR/chart-values.yaml"
   mv "$ENV_DIR/node.env.tmp" "$ENV_DIR/node.env"
   log "node $NODE_NAME up: pods run (images: ctr --address $CTRD_SOCK -n k8s.io images import FILE.tar; logs in $STATE)"
 }
@@ -641,6 +742,8 @@ remove_cgroups() {
 
 down_quiet() {
   delete_pods
+  stop_pid "$STATE/proxy-apiserver.pid"
+  stop_pid "$STATE/proxy-openbao.pid"
   stop_pid "$STATE/kube-scheduler.pid"
   stop_pid "$STATE/kubelet.pid"
   remove_containers

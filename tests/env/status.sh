@@ -8,6 +8,7 @@ printf '  %-22s %s\n' "kube-apiserver" "$(kubectl version -o json 2>/dev/null | 
 printf '  %-22s %s\n' "OpenBao" "$(curl -fsS "$VAULT_ADDR/v1/sys/health" >/dev/null 2>&1 && echo up || echo DOWN) ($VAULT_ADDR)"
 printf '  %-22s %s\n' "PostgreSQL" "$(pg_isready -q -d "$DATABASE_URL" && echo up || echo DOWN) (127.0.0.1:$PG_PORT)"
 bash "$ROOT/tests/env/keyvault.sh" status || true
+bash "$ROOT/tests/env/node.sh" status || true
 echo
 echo "  source $ENV_DIR/env.sh   # KUBECONFIG, VAULT_ADDR/VAULT_TOKEN, AZURE_KEYVAULT_URL, DATABASE_URL, PATH"
 echo "  kubectl get namespaces; bao kv list secret/"

@@ -2,6 +2,13 @@
 """Writes a single-layer OCI image layout tarball without a container engine.
 
     oci-image.py OUT.tar NAME:TAG --file SRC:DEST[:MODE] ... --entrypoint /bin/x [--user 65532:65532]
+        [--dir DEST[:MODE[:UID:GID]]] [--symlink DEST:TARGET] [--label K=V] [--expose 8080/tcp]
+        [--cmd ARG] [--env K=V]
+
+Files are read through symlinks (the layer holds their contents) and owned by 0:0; parent
+directories are added as 0755 root, --dir sets a directory's own mode and owner (e.g.
+/tmp:1777), --symlink adds a symbolic link (TARGET as written, e.g. busybox).
+Repeat --entrypoint/--cmd for each argument; one that starts with - is written --cmd=--config.
 
 The archive holds oci-layout, index.json and blobs/sha256/*; `ctr images import` reads it
 and names the image after the io.containerd.image.name annotation. Everything is written
@@ -16,17 +23,22 @@ import tarfile
 
 
 def tar_bytes(entries):
-    """entries: (name, data, mode) sorted; directories have data None."""
+    """entries: (name, data, mode[, uid, gid]) sorted; directories have data None,
+    symbolic links a str data (the link target)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data, mode in entries:
+        for name, data, mode, *owner in entries:
             info = tarfile.TarInfo(name)
             info.mtime = 0
-            info.uid = info.gid = 0
+            info.uid, info.gid = owner or (0, 0)
             info.uname = info.gname = ""
             info.mode = mode
             if data is None:
                 info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif isinstance(data, str):
+                info.type = tarfile.SYMTYPE
+                info.linkname = data
                 tar.addfile(info)
             else:
                 info.size = len(data)
@@ -49,22 +61,44 @@ def main():
     ap.add_argument("--cmd", action="append", default=[])
     ap.add_argument("--user", default="")
     ap.add_argument("--env", action="append", default=[])
+    ap.add_argument("--dir", action="append", default=[], help="DEST[:MODE[:UID:GID]]")
+    ap.add_argument("--symlink", action="append", default=[], help="DEST:TARGET")
+    ap.add_argument("--label", action="append", default=[], help="KEY=VALUE")
+    ap.add_argument("--expose", action="append", default=[], help="PORT/PROTO, e.g. 8080/tcp")
     args = ap.parse_args()
 
-    files, dirs = {}, set()
+    files, dirs = {}, {}  # path -> (data, mode); path -> (mode, uid, gid)
+
+    def add_parents(dest):
+        d = os.path.dirname(dest)
+        while d:
+            dirs.setdefault(d, (0o755, 0, 0))
+            d = os.path.dirname(d)
+
     for spec in args.file:
         parts = spec.split(":")
         src, dest = parts[0], parts[1].lstrip("/")
         mode = int(parts[2], 8) if len(parts) > 2 else 0o755
         with open(src, "rb") as f:
             files[dest] = (f.read(), mode)
-        d = os.path.dirname(dest)
-        while d:
-            dirs.add(d)
-            d = os.path.dirname(d)
-    entries = [(d + "/", None, 0o755) for d in sorted(dirs)]
-    entries += [(name, data, mode) for name, (data, mode) in sorted(files.items())]
-    layer = tar_bytes(entries)
+        add_parents(dest)
+    for spec in args.symlink:
+        dest, target = spec.split(":", 1)
+        files[dest.lstrip("/")] = (target, 0o777)
+        add_parents(dest.lstrip("/"))
+    for spec in args.dir:
+        parts = spec.split(":")
+        dest = parts[0].strip("/")
+        mode = int(parts[1], 8) if len(parts) > 1 else 0o755
+        uid, gid = (int(parts[2]), int(parts[3])) if len(parts) > 3 else (0, 0)
+        dirs[dest] = (mode, uid, gid)
+        add_parents(dest)
+    clash = sorted(set(files) & set(dirs))
+    if clash:
+        ap.error("both a directory and a file or link: " + ", ".join(clash))
+    entries = [(d + "/", None, mode, uid, gid) for d, (mode, uid, gid) in dirs.items()]
+    entries += [(name, data, mode) for name, (data, mode) in files.items()]
+    layer = tar_bytes(sorted(entries, key=lambda e: e[0]))
 
     blobs = {}
     layer_desc = blob(blobs, "application/vnd.oci.image.layer.v1.tar", layer)
@@ -77,6 +111,8 @@ def main():
             "User": args.user,
             "Env": args.env or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "WorkingDir": "/",
+            "Labels": dict(kv.split("=", 1) for kv in args.label) or None,
+            "ExposedPorts": {p: {} for p in args.expose} or None,
         },
         "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
         "history": [{"created_by": "tests/env/node/oci-image.py"}],
