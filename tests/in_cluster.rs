@@ -568,3 +568,223 @@ async fn restricted_namespace(client: &kube::Client, prefix: &str) -> common::Na
     );
     ns
 }
+
+/// The kustomize install, removed when dropped: the objects it applied (`owned.yaml` in
+/// the overlay directory), what the operator made in vaultsync-system (its Lease and HMAC
+/// key), and the overlay directory with its private key.
+struct Applied(std::path::PathBuf);
+
+impl Drop for Applied {
+    fn drop(&mut self) {
+        let _ = kubectl()
+            .args(["delete", "--ignore-not-found", "--wait=false", "-f"])
+            .arg(self.0.join("owned.yaml"))
+            .output();
+        let _ = kubectl()
+            .args(["-n", "vaultsync-system", "delete", "--ignore-not-found"])
+            .args(["lease/vaultsync-leader", "secret/vaultsync-hmac-key"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A CA and a serving certificate for the base's webhook Service, made with openssl:
+/// (CA PEM, certificate PEM, key PEM).
+fn webhook_certificate(dir: &std::path::Path) -> (String, String, String) {
+    let host = "vaultsync-webhook.vaultsync-system.svc";
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    std::fs::write(dir.join("san.ext"), format!("subjectAltName=DNS:{host}\n")).expect("ext");
+    let openssl = || {
+        let mut c = std::process::Command::new("openssl");
+        c.current_dir(dir);
+        c
+    };
+    run(
+        openssl().args(["req", "-x509"]).args(ec).args([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=in-cluster test CA",
+        ]),
+        None,
+    );
+    run(
+        openssl()
+            .args(["req"])
+            .args(ec)
+            .args(["-keyout", "tls.key", "-out", "tls.csr", "-subj"])
+            .arg(format!("/CN={host}")),
+        None,
+    );
+    run(
+        openssl().args([
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "tls.crt",
+        ]),
+        None,
+    );
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("pem");
+    (read("ca.crt"), read("tls.crt"), read("tls.key"))
+}
+
+/// An overlay of config/default as a user without cert-manager writes it: the operator
+/// image from the node, the environment's Vault connection watching `app_ns` only, the
+/// webhook's certificate as a Secret instead of cert-manager's Issuer and Certificate, and
+/// the webhook asked for `app_ns` only (the suite's other tests run their own operators).
+/// The CRDs are left out: the suite installed the same files, and deleting them at the
+/// end would delete every test's resources.
+fn overlay(app_ns: &str) -> std::path::PathBuf {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("target/in-cluster/{app_ns}"));
+    std::fs::create_dir_all(&dir).expect("overlay dir");
+    let (ca, cert, key) = webhook_certificate(&dir);
+    let image = common::env("VAULTSYNC_IMAGE", "node (tests/env/node.sh)");
+    let (repo, tag) = image.rsplit_once(':').expect("repository:tag");
+    let vault = common::env("VAULTSYNC_NODE_VAULT_ADDR", "node (tests/env/node.sh)");
+    let delete = |api: &str, kind: &str, name: &str, ns: &str| {
+        format!(
+            "  - patch: |-\n      $patch: delete\n      apiVersion: {api}\n      kind: {kind}\n      metadata: {{name: {name}{ns}}}\n"
+        )
+    };
+    let ns = ", namespace: vaultsync-system";
+    let mut k = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../../../config/default\n  - webhook-tls.yaml\n\
+         images:\n  - name: ghcr.io/vaultsync/vaultsync\n    newName: {repo}\n    newTag: {tag}\n\
+         configMapGenerator:\n  - name: vaultsync-config\n    behavior: replace\n    files: [config.yaml]\n\
+         patches:\n"
+    );
+    k += &delete("cert-manager.io/v1", "Issuer", "vaultsync-webhook", ns);
+    k += &delete("cert-manager.io/v1", "Certificate", "vaultsync-webhook", ns);
+    for crd in [
+        "vaultsecrets.vaultsync.dev",
+        "azurekeyvaultsecrets.vaultsync.dev",
+    ] {
+        k += &delete(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            crd,
+            "",
+        );
+    }
+    k += &format!(
+        "  - target: {{kind: ValidatingWebhookConfiguration, name: vaultsync}}\n    patch: |-\n      \
+         - {{op: add, path: /webhooks/0/clientConfig/caBundle, value: {}}}\n      \
+         - {{op: add, path: /webhooks/0/namespaceSelector, value: {{matchLabels: {{kubernetes.io/metadata.name: {app_ns}}}}}}}\n\
+         \x20 - target: {{kind: Deployment, name: vaultsync}}\n    patch: |-\n      \
+         - {{op: add, path: /spec/template/spec/containers/0/imagePullPolicy, value: Never}}\n",
+        b64(&ca)
+    );
+    std::fs::write(dir.join("kustomization.yaml"), k).expect("kustomization");
+    std::fs::write(
+        dir.join("webhook-tls.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/tls\nmetadata: {{name: vaultsync-webhook-tls, namespace: vaultsync-system}}\n\
+             data:\n  tls.crt: {}\n  tls.key: {}\n",
+            b64(&cert),
+            b64(&key)
+        ),
+    )
+    .expect("tls secret");
+    std::fs::write(
+        dir.join("config.yaml"),
+        format!(
+            "metricsAddress: 0.0.0.0:8080\nlogFormat: text\nwatchNamespaces: [{app_ns}]\n\
+             leaderElection: {{enabled: true, leaseName: vaultsync-leader, leaseDuration: 15s}}\n\
+             admission: {{enabled: true, address: 0.0.0.0:9443, certFile: /etc/vaultsync/tls/tls.crt, keyFile: /etc/vaultsync/tls/tls.key}}\n\
+             defaults: {{minRefreshInterval: 5s}}\n\
+             vault:\n  default: {{address: \"{vault}\", tokenAudience: vault, kvVersions: {{secret: 2}}}}\n"
+        ),
+    )
+    .expect("config");
+    dir
+}
+
+#[tokio::test]
+async fn the_kustomize_base_runs_on_the_node() {
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    let app_ns = restricted_namespace(&client, "incluster-kust").await;
+    let role = e2e::tenant(&client, &app_ns, "app", &format!("{app_ns}/")).await;
+    let password = canary("kustomize");
+    vaultrs::kv2::set(
+        &root_vault(),
+        "secret",
+        &format!("{app_ns}/app"),
+        &json!({"password": password}),
+    )
+    .await
+    .expect("seed");
+    let dir = overlay(&app_ns);
+    // Everything the overlay renders but the shared namespace, deleted at the end.
+    let rendered = manifests::documents(&run(kubectl().args(["kustomize"]).arg(&dir), None));
+    let owned: Vec<String> = rendered
+        .iter()
+        .filter(|o| o["kind"] != "Namespace")
+        .map(|o| serde_yaml::to_string(o).expect("yaml"))
+        .collect();
+    std::fs::write(dir.join("owned.yaml"), owned.join("---\n")).expect("owned");
+    let _applied = Applied(dir.clone());
+    run(kubectl().args(["apply", "-k"]).arg(&dir), None);
+
+    let selector = "app.kubernetes.io/name=vaultsync,app.kubernetes.io/component=operator";
+    let op_ns = "vaultsync-system";
+    let names: Vec<String> = common::wait_until(
+        Duration::from_secs(120),
+        "two kustomize replicas ready",
+        || async {
+            let pods = ready_pods(&client, op_ns, selector).await;
+            (pods.len() == 2).then(|| pods.iter().map(name).collect())
+        },
+    )
+    .await;
+    common::wait_until(Duration::from_secs(30), "a leader", || async {
+        lease_holder(&client, op_ns)
+            .await
+            .filter(|h| names.contains(h))
+    })
+    .await;
+    apply(
+        &client,
+        &app_ns,
+        &e2e::vault_secret(
+            "kv",
+            &role,
+            &format!("kv: {{mount: secret, path: {app_ns}/app}}"),
+            "",
+        ),
+    )
+    .await;
+    wait_ready(&client, &app_ns, "VaultSecret", "kv", "True", "Synced").await;
+    let kv = secret(&client, &app_ns, "kv").await.expect("kv Secret");
+    assert_eq!(value(&kv, "password").as_deref(), Some(password.as_str()));
+    let metrics = raw(&format!(
+        "/api/v1/namespaces/{op_ns}/services/vaultsync-metrics:metrics/proxy/metrics"
+    ))
+    .unwrap_or_else(|e| panic!("metrics through Service vaultsync-metrics: {e}"));
+    assert!(metrics.contains("vaultsync_"), "{metrics}");
+}
