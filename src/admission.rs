@@ -187,14 +187,23 @@ pub async fn serve(
             )
         })?;
     let state = std::sync::Arc::new(Webhook { client, config });
-    let app = Router::new()
-        .route("/validate", post(validate))
-        .with_state(state);
-    tracing::info!(%address, "serving the admission webhook at /validate");
+    let mut app = Router::new().route("/validate", post(validate));
+    if state.config.injection.enabled {
+        app = app.route("/mutate-pods", post(mutate_pods));
+    }
+    let app = app.with_state(state);
+    tracing::info!(%address, "serving the admission webhook at /validate (and /mutate-pods when injection is enabled)");
     axum_server::bind_rustls(address, tls)
         .serve(app.into_make_service())
         .await?;
     Ok(())
+}
+
+async fn mutate_pods(
+    State(webhook): State<std::sync::Arc<Webhook>>,
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    Json(crate::inject::webhook::review(&webhook.config, review))
 }
 
 async fn validate(

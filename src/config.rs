@@ -69,6 +69,10 @@ pub struct Config {
     /// use (see the README's security section).
     #[serde(default)]
     pub admission: Admission,
+    /// Pod injection: the mutating webhook that wraps opted-in containers in
+    /// `vaultsync env` (README, "Injection").
+    #[serde(default)]
+    pub injection: crate::inject::Injection,
     #[serde(default)]
     pub vault: BTreeMap<String, VaultConnection>,
     #[serde(default)]
@@ -407,6 +411,18 @@ impl Config {
             return Err(invalid(
                 "admission",
                 "enabled needs certFile and keyFile (the webhook is served over TLS)",
+            ));
+        }
+        if self.injection.enabled && !self.admission.enabled {
+            return Err(invalid(
+                "injection",
+                "enabled needs admission.enabled: the webhook is served by the admission server",
+            ));
+        }
+        if self.injection.enabled && self.injection.image.as_deref().is_none_or(str::is_empty) {
+            return Err(invalid(
+                "injection.image",
+                "is required when injection is enabled (the operator's own image)",
             ));
         }
         if self.housekeeping_interval < Duration::from_secs(1) {

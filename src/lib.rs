@@ -13,6 +13,7 @@ pub mod events;
 pub mod expiry;
 pub mod failpoint;
 pub mod http;
+pub mod inject;
 pub mod janitor;
 pub mod leader;
 pub mod metrics;

@@ -38,6 +38,26 @@ enum Command {
         #[arg(short, long)]
         namespace: Option<String>,
     },
+    /// Resolve the `vault:` references in the environment as the pod's service account,
+    /// then exec COMMAND with their values (pod injection's wrapper).
+    Env {
+        /// Write each value to a file in this directory (mode 0400) and set the variable
+        /// to the file's path instead of the value.
+        #[arg(long)]
+        files: Option<PathBuf>,
+        /// With --files and no command: rewrite the files this often, forever (sidecar).
+        #[arg(long, value_parser = vaultsync::config::parse_duration, requires = "files")]
+        refresh: Option<std::time::Duration>,
+        /// The command to exec, after `--`.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Copy this binary, its shared libraries and the dynamic loader into DIR: the
+    /// injection init container's job, in an image without a shell.
+    InstallSelf {
+        /// Destination directory (an in-memory volume shared with the pod's containers).
+        dir: PathBuf,
+    },
     /// Print both CustomResourceDefinitions as YAML.
     Crds,
     /// Print the version.
@@ -57,6 +77,24 @@ async fn main() -> anyhow::Result<()> {
             config,
             namespace,
         } => vaultsync::check::run(&file, &config, namespace).await,
+        Command::Env {
+            files,
+            refresh,
+            command,
+        } => {
+            // One line that starts with "vaultsync env:", as the pod's log shows it.
+            let options = vaultsync::inject::env::EnvOptions {
+                files,
+                refresh,
+                command,
+            };
+            if let Err(e) = vaultsync::inject::env::run(options).await {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::InstallSelf { dir } => vaultsync::inject::install_self(&dir),
         Command::Crds => {
             print!("{}", vaultsync::api::crds_yaml()?);
             Ok(())

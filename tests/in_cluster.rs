@@ -695,8 +695,12 @@ fn overlay(app_ns: &str) -> std::path::PathBuf {
         "  - target: {{kind: ValidatingWebhookConfiguration, name: vaultsync}}\n    patch: |-\n      \
          - {{op: add, path: /webhooks/0/clientConfig/caBundle, value: {}}}\n      \
          - {{op: add, path: /webhooks/0/namespaceSelector, value: {{matchLabels: {{kubernetes.io/metadata.name: {app_ns}}}}}}}\n\
+         \x20 - target: {{kind: MutatingWebhookConfiguration, name: vaultsync-inject}}\n    patch: |-\n      \
+         - {{op: add, path: /webhooks/0/clientConfig/caBundle, value: {}}}\n      \
+         - {{op: replace, path: /webhooks/0/namespaceSelector, value: {{matchLabels: {{kubernetes.io/metadata.name: {app_ns}}}}}}}\n\
          \x20 - target: {{kind: Deployment, name: vaultsync}}\n    patch: |-\n      \
          - {{op: add, path: /spec/template/spec/containers/0/imagePullPolicy, value: Never}}\n",
+        b64(&ca),
         b64(&ca)
     );
     std::fs::write(dir.join("kustomization.yaml"), k).expect("kustomization");

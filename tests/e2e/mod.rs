@@ -82,6 +82,9 @@ pub struct OperatorOptions {
     pub extra_config: String,
     /// Extra environment variables, such as `VAULTSYNC_FAILPOINT`.
     pub env: Vec<(String, String)>,
+    /// The `default` connection's address instead of `VAULT_ADDR` (such as the address
+    /// pods on the node reach OpenBao at).
+    pub vault_addr: Option<String>,
     /// `defaults:` entries that replace or add to the test defaults
     /// (`ttl: 1h, refreshInterval: 30m, minRefreshInterval: 1s`), such as
     /// `("revocationTimeout", "5s")`.
@@ -106,6 +109,11 @@ impl OperatorOptions {
 
     pub fn default_value(mut self, key: &str, value: &str) -> Self {
         self.defaults.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn vault_addr(mut self, address: &str) -> Self {
+        self.vault_addr = Some(address.to_string());
         self
     }
 
@@ -158,7 +166,10 @@ impl Operator {
                 .clone()
                 .unwrap_or_else(|| format!("[{ns}]")),
             defaults: Vec::new(),
-            vault_addr: common::env("VAULT_ADDR", "OpenBao server"),
+            vault_addr: options
+                .vault_addr
+                .clone()
+                .unwrap_or_else(|| common::env("VAULT_ADDR", "OpenBao server")),
             log_format: None,
             extra: options.extra_config.clone(),
         };

@@ -82,6 +82,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- if .Values.admission.enabled }}
 {{- $_ := set $config "admission" (dict "enabled" true "address" (printf "0.0.0.0:%d" (int .Values.admission.port)) "certFile" "/etc/vaultsync/tls/tls.crt" "keyFile" "/etc/vaultsync/tls/tls.key") }}
+{{- if .Values.injection.enabled }}
+{{- $_ := set $config "injection" (dict "enabled" true "image" (include "vaultsync.image" .) "imagePullPolicy" .Values.image.pullPolicy) }}
+{{- end }}
 {{- end }}
 {{- toYaml $config }}
 {{- end }}

@@ -1,0 +1,556 @@
+//! `vaultsync env [--files DIR] [--refresh D] -- COMMAND...`: the exec wrapper of pod
+//! injection. It logs in to Vault as the pod's service account (Kubernetes auth, with the
+//! projected token the webhook mounts), reads each distinct `vault:` reference once, and
+//! execs COMMAND with the values in its environment, or in files of DIR (mode 0400) with
+//! the variables holding the files' paths. Its own `VAULTSYNC_` variables never reach
+//! COMMAND, and the Vault token is dropped at exec (not revoked: that would revoke the
+//! leases of dynamic credentials read with it).
+//!
+//! Messages name variables, paths and keys; never a value or a token.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use serde_json::{Value, json};
+
+use super::reference::{self, Group};
+use super::{ENV_AUTH_MOUNT, ENV_PREFIX, ENV_ROLE, ENV_TOKEN_FILE, ENV_VAULT_ADDR};
+use super::{ENV_CA_BUNDLE, ENV_VAULT_CACERT, ENV_VAULT_NAMESPACE};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Transient failures (connection refused, 5xx, 429) are retried within this much time.
+const RETRY_BUDGET: Duration = Duration::from_secs(10);
+
+/// What `vaultsync env` was asked to do.
+#[derive(Clone, Debug, Default)]
+pub struct EnvOptions {
+    /// Write values to files in this directory instead of the environment.
+    pub files: Option<PathBuf>,
+    /// With `files` and no command: rewrite the files this often, forever (sidecar).
+    pub refresh: Option<Duration>,
+    /// The command to exec; may be empty only with `files`.
+    pub command: Vec<String>,
+}
+
+/// Resolves the references of this process's environment and execs the command (returns
+/// only on error, or after writing files when there is no command to run).
+pub async fn run(options: EnvOptions) -> anyhow::Result<()> {
+    execute(options)
+        .await
+        .map_err(|e| anyhow!("vaultsync env: {e}"))
+}
+
+async fn execute(options: EnvOptions) -> anyhow::Result<()> {
+    let groups = reference::group(reference::from_env(std::env::vars_os())?);
+    // Needed, and checked up front, only when there is something to resolve.
+    let vault = (!groups.is_empty()).then(Vault::from_env).transpose()?;
+    let vault = vault.as_ref();
+    let Some(dir) = options.files else {
+        if options.refresh.is_some() {
+            bail!("--refresh needs --files");
+        }
+        if options.command.is_empty() {
+            bail!("no command to run: vaultsync env -- COMMAND [ARGS...]");
+        }
+        let values = resolve(vault, &groups, None).await?;
+        return exec(&options.command, values);
+    };
+    for (var, _) in groups.iter().flat_map(|g| &g.refs) {
+        reference::check_file_name(var)?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
+    if let Some(every) = options.refresh {
+        if !options.command.is_empty() {
+            bail!("--refresh runs as a sidecar and takes no command");
+        }
+        if every.is_zero() {
+            bail!("--refresh must be longer than 0s");
+        }
+        return sidecar(vault, &dir, &groups, every).await;
+    }
+    let values = resolve(vault, &groups, None).await?;
+    let mut paths = Vec::new();
+    for (var, value) in values {
+        write_file(&dir, &var, &value)?;
+        paths.push((var.clone(), dir.join(&var).into_os_string().into_vec()));
+    }
+    if options.command.is_empty() {
+        return Ok(());
+    }
+    exec(&options.command, paths)
+}
+
+/// Replaces this process with `command`, its reference variables set to `vars` and its
+/// `VAULTSYNC_` variables removed. Returns only on error.
+fn exec(command: &[String], vars: Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| anyhow!("no command to run"))?;
+    let mut child = std::process::Command::new(program);
+    child.args(args);
+    for (name, _) in std::env::vars_os() {
+        if name.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes()) {
+            child.env_remove(name);
+        }
+    }
+    for (var, value) in vars {
+        if value.contains(&0) {
+            bail!("the value of {var} holds a NUL byte, which an environment variable cannot");
+        }
+        child.env(var, OsString::from_vec(value));
+    }
+    let error = child.exec();
+    bail!("cannot exec {program:?}: {error}")
+}
+
+/// Writes `value` to `dir/name` with mode 0400 through a temporary file and a rename, so
+/// a reader sees the old or the new content, never a part. Returns whether it wrote
+/// (an unchanged file is left alone).
+fn write_file(dir: &Path, name: &str, value: &[u8]) -> anyhow::Result<bool> {
+    let path = dir.join(name);
+    if std::fs::read(&path).is_ok_and(|old| old == value) {
+        return Ok(false);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let temp = dir.join(format!(".{name}.{}-{nanos}.tmp", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(&temp)
+        .and_then(|mut file| file.write_all(value))
+        .and_then(|()| std::fs::rename(&temp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        bail!("cannot write {}: {e}", path.display());
+    }
+    Ok(true)
+}
+
+/// The sidecar: resolves and rewrites the files every `every` until SIGTERM or SIGINT.
+/// A failed round is logged and retried at the next tick.
+async fn sidecar(
+    vault: Option<&Vault>,
+    dir: &Path,
+    groups: &[Group],
+    every: Duration,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leases = Leases::new();
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+        }
+        let round = async {
+            let mut written = 0;
+            for (var, value) in resolve(vault, groups, Some(&mut leases)).await? {
+                written += usize::from(write_file(dir, &var, &value)?);
+            }
+            anyhow::Ok(written)
+        };
+        match round.await {
+            Ok(0) => {}
+            Ok(n) => eprintln!(
+                "vaultsync env: wrote {n} changed file(s) in {}",
+                dir.display()
+            ),
+            Err(e) => eprintln!("vaultsync env: refresh failed, retrying in {every:?}: {e}"),
+        }
+    }
+}
+
+/// Values of dynamic groups (those read under a lease) and when to read them again: the
+/// sidecar keeps credentials until two thirds of their lease, or of the token that
+/// created them (its expiry revokes them), rather than issue new ones every round.
+type Leases = HashMap<reference::GroupId, (Instant, Vec<(String, Vec<u8>)>)>;
+
+/// The value of every reference of `groups` (`vault` is `None` only when there is none):
+/// one login, only when a group must be read, and one read per group. The token is
+/// dropped on return.
+async fn resolve(
+    vault: Option<&Vault>,
+    groups: &[Group],
+    mut leases: Option<&mut Leases>,
+) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let Some(vault) = vault else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let mut login: Option<Login> = None;
+    for group in groups {
+        let id = (group.path.clone(), group.version);
+        if let Some((renew_at, values)) = leases.as_deref().and_then(|l| l.get(&id))
+            && Instant::now() < *renew_at
+        {
+            out.extend(values.iter().cloned());
+            continue;
+        }
+        if login.is_none() {
+            login = Some(vault.login().await?);
+        }
+        let Some(login) = &login else {
+            unreachable!("logged in above")
+        };
+        let body = vault.read(&login.token, group).await?;
+        let values = reference::values(group, &body).map_err(|e| anyhow!(e))?;
+        let lease = body["lease_duration"]
+            .as_u64()
+            .filter(|_| body["lease_id"].as_str().is_some_and(|id| !id.is_empty()));
+        if let (Some(leases), Some(seconds)) = (leases.as_deref_mut(), lease) {
+            let life = match login.ttl {
+                0 => seconds,
+                ttl => seconds.min(ttl),
+            };
+            let renew_at = Instant::now() + Duration::from_secs(life * 2 / 3);
+            leases.insert(id, (renew_at, values.clone()));
+        }
+        out.extend(values);
+    }
+    Ok(out)
+}
+
+/// A Vault token and its lifetime in seconds (0: no expiry).
+struct Login {
+    token: String,
+    ttl: u64,
+}
+
+/// The connection the webhook described in the `VAULTSYNC_` variables.
+struct Vault {
+    http: reqwest::Client,
+    addr: String,
+    namespace: Option<String>,
+    mount: String,
+    role: String,
+    token_file: PathBuf,
+}
+
+impl Vault {
+    fn from_env() -> anyhow::Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let need = |name: &str| var(name).ok_or_else(|| anyhow!("{name} is not set"));
+        let addr = need(ENV_VAULT_ADDR)?.trim_end_matches('/').to_string();
+        if !addr.starts_with("https://") && !addr.starts_with("http://") {
+            bail!("{ENV_VAULT_ADDR} {addr:?} is not an http(s) URL");
+        }
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT);
+        // Trust: the connection's CA, and the operator image's CA bundle that the init
+        // container copied (the application's image may have none). Only when neither is
+        // there, the platform's roots.
+        let mut roots = Vec::new();
+        if let Some(pem) = var(ENV_VAULT_CACERT) {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .ok()
+                .filter(|certs| !certs.is_empty())
+                .ok_or_else(|| anyhow!("{ENV_VAULT_CACERT} holds no PEM certificate"))?;
+            roots.extend(certs);
+        }
+        if let Some(bundle) = var(ENV_CA_BUNDLE)
+            && let Ok(pem) = std::fs::read(&bundle)
+        {
+            roots.extend(reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default());
+        }
+        if !roots.is_empty() || addr.starts_with("http://") {
+            builder = builder.tls_certs_only(roots);
+        }
+        Ok(Vault {
+            http: builder.build()?,
+            addr,
+            namespace: var(ENV_VAULT_NAMESPACE),
+            mount: var(ENV_AUTH_MOUNT).unwrap_or_else(|| "kubernetes".into()),
+            role: need(ENV_ROLE)?,
+            token_file: need(ENV_TOKEN_FILE)?.into(),
+        })
+    }
+
+    /// Kubernetes auth login with the pod's projected service-account token.
+    async fn login(&self) -> anyhow::Result<Login> {
+        let (mount, role) = (&self.mount, &self.role);
+        let jwt = std::fs::read_to_string(&self.token_file).map_err(|e| {
+            anyhow!(
+                "cannot read the service-account token {}: {e}",
+                self.token_file.display()
+            )
+        })?;
+        let jwt = jwt.trim();
+        let url = format!("{}/v1/auth/{mount}/login", self.addr);
+        let body = json!({"role": role, "jwt": jwt});
+        let what = format!("logging in as role {role} at auth/{mount}");
+        let (status, answer) = self
+            .send(|| self.http.post(&url).json(&body), &what)
+            .await?;
+        let token = answer["auth"]["client_token"].as_str().unwrap_or_default();
+        if status != 200 || token.is_empty() {
+            let errors = vault_errors(&answer, &[jwt, token]);
+            bail!("{what} failed (HTTP {status}){errors}");
+        }
+        let ttl = answer["auth"]["lease_duration"].as_u64().unwrap_or(0);
+        Ok(Login {
+            token: token.to_string(),
+            ttl,
+        })
+    }
+
+    /// Reads one group's path with `token`.
+    async fn read(&self, token: &str, group: &Group) -> anyhow::Result<Value> {
+        let url = format!("{}/v1/{}", self.addr, group.url_path());
+        let what = format!("reading {}", group.describe());
+        let request = || self.http.get(&url).header("X-Vault-Token", token);
+        match self.send(request, &what).await? {
+            (200, body) => Ok(body),
+            (404, _) => bail!("{} not found", group.describe()),
+            (403, _) => bail!(
+                "permission denied: role {} (the pod's service account) may not read {}",
+                self.role,
+                group.path
+            ),
+            (status, body) => bail!(
+                "{what} failed (HTTP {status}){}",
+                vault_errors(&body, &[token])
+            ),
+        }
+    }
+
+    /// Sends a request (with the namespace header), retrying connection failures, 5xx and
+    /// 429 with backoff within [`RETRY_BUDGET`]; never a 4xx. The status and JSON body.
+    async fn send(
+        &self,
+        request: impl Fn() -> reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<(u16, Value)> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let mut builder = request();
+            if let Some(ns) = &self.namespace {
+                builder = builder.header("X-Vault-Namespace", ns);
+            }
+            let wait = match builder.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+                        .map(Duration::from_secs);
+                    let wait = retry_after.unwrap_or(backoff).max(backoff);
+                    let transient = status == 429 || status >= 500;
+                    if !transient || started.elapsed() + wait > RETRY_BUDGET {
+                        // Parsed, never echoed: the body may hold secrets.
+                        return Ok((status, response.json().await.unwrap_or(Value::Null)));
+                    }
+                    wait
+                }
+                Err(e)
+                    if e.is_connect()
+                        && !tls_failure(&e)
+                        && started.elapsed() + backoff <= RETRY_BUDGET =>
+                {
+                    backoff
+                }
+                Err(e) => {
+                    let why = match tls_failure(&e) {
+                        true => "failed the TLS handshake (is VAULTSYNC_VAULT_CACERT its CA?)",
+                        false => "is unreachable",
+                    };
+                    bail!("{what}: Vault at {} {why}: {:#}", self.addr, anyhow!(e));
+                }
+            };
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Vault's `errors` of an answer as `: error; error`, with each of `secrets` blanked out.
+fn vault_errors(body: &Value, secrets: &[&str]) -> String {
+    let errors = body["errors"].as_array().into_iter().flatten();
+    let mut text = errors
+        .filter_map(Value::as_str)
+        .collect::<Vec<_>>()
+        .join("; ");
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(secret, "<redacted>");
+    }
+    if text.is_empty() {
+        text
+    } else {
+        format!(": {text}")
+    }
+}
+
+/// Whether a connection failed in the TLS handshake (tokio-rustls reports those as
+/// `InvalidData`, wrapped in another `io::Error`): a certificate problem no retry fixes.
+fn tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        next = cause.source();
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::InvalidData {
+                return true;
+            }
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner);
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server answering each connection with the next of `answers` (status, JSON body).
+    async fn vault_answering(answers: Vec<(u16, Value)>) -> Vault {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            for (status, body) in answers {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                while !request.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    if socket.read(&mut byte).await.unwrap() == 0 {
+                        break;
+                    }
+                    request.push(byte[0]);
+                }
+                let body = body.to_string();
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                socket
+                    .write_all(format!("{head}{body}").as_bytes())
+                    .await
+                    .unwrap();
+            }
+        });
+        Vault {
+            http: reqwest::Client::new(),
+            addr,
+            namespace: Some("team".into()),
+            mount: "kubernetes".into(),
+            role: "team-a".into(),
+            token_file: "/nonexistent".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_read_names_no_value_and_no_token() {
+        let (token, value) = ("s.token-canary", "value-canary");
+        let group = Group {
+            path: "secret/data/app".into(),
+            version: None,
+            refs: vec![("PW".into(), "pw".into())],
+        };
+        let vault = vault_answering(vec![
+            (
+                400,
+                json!({"errors": [format!("invalid token {token} for {value}")]}),
+            ),
+            (403, json!({"errors": [format!("denied {token} {value}")]})),
+            (404, json!({"errors": [value]})),
+            (
+                200,
+                json!({"data": {"data": {"password": value}, "metadata": {}}}),
+            ),
+        ])
+        .await;
+        let mut errors = Vec::new();
+        for _ in 0..3 {
+            errors.push(vault.read(token, &group).await.unwrap_err().to_string());
+        }
+        let body = vault.read(token, &group).await.unwrap();
+        errors.push(reference::values(&group, &body).unwrap_err());
+        assert!(errors[0].contains("<redacted>"), "{}", errors[0]);
+        assert!(
+            errors[1].contains("permission denied: role team-a")
+                && errors[1].contains("secret/data/app")
+        );
+        assert!(
+            errors[2].contains("secret/data/app not found"),
+            "{}",
+            errors[2]
+        );
+        assert!(
+            errors[3].contains("its keys are: password"),
+            "{}",
+            errors[3]
+        );
+        for error in &errors {
+            assert!(!error.contains(token), "{error}");
+        }
+        for error in &errors[1..] {
+            assert!(!error.contains(value), "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_and_4xx_are_not() {
+        let group = Group {
+            path: "kv1/app".into(),
+            version: None,
+            refs: vec![("A".into(), "a".into())],
+        };
+        let vault = vault_answering(vec![
+            (503, json!({})),
+            (429, json!({})),
+            (200, json!({"data": {"a": "1"}})),
+            (400, json!({})),
+            (200, json!({"data": {"a": "2"}})),
+        ])
+        .await;
+        let body = vault.read("t", &group).await.expect("retried to success");
+        assert_eq!(body["data"]["a"], "1");
+        assert!(vault.read("t", &group).await.is_err(), "400 is final");
+        let body = vault.read("t", &group).await.expect("the next answer");
+        assert_eq!(body["data"]["a"], "2", "the 400 was asked once");
+    }
+
+    #[test]
+    fn files_are_written_once_with_mode_0400() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("vaultsync-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(write_file(&dir, "PW", b"one").unwrap());
+        assert!(
+            !write_file(&dir, "PW", b"one").unwrap(),
+            "unchanged: not rewritten"
+        );
+        assert!(write_file(&dir, "PW", b"two").unwrap());
+        assert_eq!(std::fs::read(dir.join("PW")).unwrap(), b"two");
+        let mode = std::fs::metadata(dir.join("PW"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o400);
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,340 @@
+//! The mutating webhook of pod injection: a pure function from a pod to the pod it becomes.
+//!
+//! A pod opts in with the annotation `vaultsync.dev/inject: "true"`. Each container with
+//! an environment variable whose literal value is a `vault:` reference gets its command
+//! wrapped in `vaultsync env --`, the binary from an in-memory volume an init container
+//! fills, and a projected service-account token of the pod's own account for the
+//! connection's audience. Everything the wrapper is told (address, CA, auth mount) comes
+//! from the operator's configuration; a pod chooses only a connection by name, a Vault
+//! role (Vault binds roles to service accounts), the file mode and its refresh.
+//! No value is read here: the mutated pod holds references, never secrets.
+
+use std::collections::BTreeMap;
+
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::inject::{
+    ENV_AUTH_MOUNT, ENV_CA_BUNDLE, ENV_PREFIX, ENV_ROLE, ENV_TOKEN_FILE, ENV_VAULT_ADDR,
+    ENV_VAULT_CACERT, ENV_VAULT_NAMESPACE,
+};
+
+/// Opt-in annotation; any value but `"true"` leaves the pod alone.
+pub const INJECT: &str = "vaultsync.dev/inject";
+/// Vault role to log in with; the connection's default auth role when absent.
+pub const ROLE: &str = "vaultsync.dev/role";
+/// Name of a Vault connection of the operator config; `default` when absent.
+pub const CONNECTION: &str = "vaultsync.dev/connection";
+/// `env` (the default): values in the process environment; `files`: values in files
+/// under [`SECRETS_DIR`], the variables holding the files' paths.
+pub const MODE: &str = "vaultsync.dev/inject-mode";
+/// With the file mode: a sidecar rewrites the files this often (such as `5m`).
+pub const REFRESH: &str = "vaultsync.dev/refresh";
+/// JSON object, container name to the image's entrypoint, for containers without a
+/// `command` (the webhook cannot read images).
+pub const ENTRYPOINTS: &str = "vaultsync.dev/entrypoints";
+
+const INIT: &str = "vaultsync-install";
+const SIDECAR: &str = "vaultsync-refresh";
+const BIN_VOLUME: &str = "vaultsync-bin";
+const TOKEN_VOLUME: &str = "vaultsync-token";
+const SECRETS_VOLUME: &str = "vaultsync-secrets";
+const BIN_DIR: &str = "/var/run/vaultsync/bin";
+const TOKEN_DIR: &str = "/var/run/vaultsync/token";
+/// Where the file mode writes values.
+pub const SECRETS_DIR: &str = "/var/run/vaultsync/secrets";
+
+/// The pod as it should be admitted: `Ok(None)` leaves it unchanged, `Err` refuses it with
+/// a message for the person who applied it.
+pub fn mutate(pod: &Value, namespace: &str, config: &Config) -> Result<Option<Value>, String> {
+    let annotations = &pod["metadata"]["annotations"];
+    let annotation = |key: &str| annotations.get(key).and_then(Value::as_str);
+    if annotation(INJECT) != Some("true") {
+        return Ok(None);
+    }
+    let injection = &config.injection;
+    let Some(image) = injection.image.as_deref().filter(|_| injection.enabled) else {
+        return Err("vaultsync injection is not enabled in the operator's configuration (injection.enabled, injection.image)".into());
+    };
+    let spec = &pod["spec"];
+    // Already injected (the apiserver may call a webhook again): nothing more to do.
+    if containers(spec, "initContainers").any(|c| c["name"] == INIT) {
+        return Ok(None);
+    }
+    let connection_name = annotation(CONNECTION).unwrap_or("default");
+    let connection = config.vault.get(connection_name).ok_or_else(|| {
+        format!(
+            "{CONNECTION}: no Vault connection {connection_name:?} in the operator's configuration"
+        )
+    })?;
+    let default_auth = connection.default_auth.as_ref().map(|d| &d.kubernetes);
+    let role = match (annotation(ROLE), default_auth) {
+        (Some(role), _) if valid_role(role) => role.to_string(),
+        (Some(role), _) => {
+            return Err(format!(
+                "{ROLE} {role:?} is not a Vault role name (letters, digits, '-', '_', '.', at most 128)"
+            ));
+        }
+        (None, Some(auth)) => auth.role.replace("{namespace}", namespace),
+        (None, None) => {
+            return Err(format!(
+                "set the annotation {ROLE}: connection {connection_name:?} has no default auth role"
+            ));
+        }
+    };
+    let mount = default_auth.map_or("kubernetes", |a| a.mount.as_str());
+    let files = match annotation(MODE).unwrap_or("env") {
+        "env" => false,
+        "files" => true,
+        other => return Err(format!("{MODE} {other:?}: use env or files")),
+    };
+    let refresh = annotation(REFRESH)
+        .map(|r| {
+            if !files {
+                return Err(format!("{REFRESH} needs {MODE}: files"));
+            }
+            crate::config::parse_duration(r)
+                .map(|_| r.to_string())
+                .map_err(|e| format!("{REFRESH}: {e}"))
+        })
+        .transpose()?;
+    let entrypoints: BTreeMap<String, Vec<String>> = match annotation(ENTRYPOINTS) {
+        Some(text) => serde_json::from_str(text).map_err(|_| {
+            format!("{ENTRYPOINTS} must be a JSON object of container name to command array")
+        })?,
+        None => BTreeMap::new(),
+    };
+
+    let ca = match &connection.ca_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            format!("the operator cannot read connection {connection_name:?}'s caFile: {e}")
+        })?),
+        None => None,
+    };
+    let mut wrapper_env = vec![
+        json!({"name": ENV_VAULT_ADDR, "value": connection.address}),
+        json!({"name": ENV_AUTH_MOUNT, "value": mount}),
+        json!({"name": ENV_ROLE, "value": role}),
+        json!({"name": ENV_TOKEN_FILE, "value": format!("{TOKEN_DIR}/token")}),
+        json!({"name": ENV_CA_BUNDLE, "value": format!("{BIN_DIR}/{}", crate::inject::CA_BUNDLE)}),
+    ];
+    if let Some(ca) = ca {
+        wrapper_env.push(json!({"name": ENV_VAULT_CACERT, "value": ca}));
+    }
+    if let Some(ns) = &connection.namespace {
+        wrapper_env.push(json!({"name": ENV_VAULT_NAMESPACE, "value": ns}));
+    }
+
+    let mut out = pod.clone();
+    let mut injected = Vec::new();
+    let mut first_user = None;
+    let pod_context = &pod["spec"]["securityContext"];
+    for kind in ["containers", "initContainers"] {
+        let Some(list) = out["spec"][kind].as_array_mut() else {
+            continue;
+        };
+        for container in list.iter_mut() {
+            let name = container["name"].as_str().unwrap_or_default().to_string();
+            let refs = reference_vars(container, &name)?;
+            if refs.is_empty() {
+                continue;
+            }
+            let command = match container["command"].as_array().filter(|c| !c.is_empty()) {
+                Some(c) => c.clone(),
+                None => match entrypoints.get(&name) {
+                    Some(e) if !e.is_empty() => e.iter().map(|s| json!(s)).collect(),
+                    _ => {
+                        return Err(format!(
+                            "container {name:?} has vault: references but no command, so vaultsync env cannot know what to run: set its command (the image's entrypoint), or annotate the pod with {ENTRYPOINTS}: '{{\"{name}\": [\"/path/to/entrypoint\"]}}'"
+                        ));
+                    }
+                },
+            };
+            // Through the copied loader, so the image needs no glibc of its own.
+            let mut wrapped = vec![
+                json!(format!("{BIN_DIR}/{}", crate::inject::LOADER)),
+                json!("--library-path"),
+                json!(BIN_DIR),
+                json!(format!("{BIN_DIR}/vaultsync")),
+                json!("env"),
+            ];
+            if files {
+                wrapped.extend([json!("--files"), json!(SECRETS_DIR)]);
+            }
+            wrapped.push(json!("--"));
+            wrapped.extend(command);
+            container["command"] = Value::Array(wrapped);
+            push(container, "env", wrapper_env.iter().cloned());
+            push(container, "volumeMounts", mounts(files, false));
+            let user = |field: &str| {
+                container["securityContext"][field]
+                    .as_i64()
+                    .or(pod_context[field].as_i64())
+            };
+            if first_user.is_none()
+                && let Some(uid) = user("runAsUser")
+            {
+                first_user = Some((uid, user("runAsGroup").unwrap_or(uid)));
+            }
+            injected.push((name, refs));
+        }
+    }
+    if injected.is_empty() {
+        return Ok(None);
+    }
+
+    let restricted = json!({
+        "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+        "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+    });
+    let resources =
+        json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}});
+    let init = json!({
+        "name": INIT, "image": image, "imagePullPolicy": injection.image_pull_policy,
+        "command": ["/vaultsync", "install-self", BIN_DIR],
+        "volumeMounts": [{"name": BIN_VOLUME, "mountPath": BIN_DIR}],
+        "securityContext": restricted, "resources": resources,
+    });
+    let spec = &mut out["spec"];
+    let mut inits = vec![init];
+    inits.extend(
+        spec["initContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    );
+    spec["initContainers"] = Value::Array(inits);
+    if let Some(every) = refresh {
+        // The sidecar resolves every reference of the pod and rewrites the shared files,
+        // as the user of the first injected container, so that container can read them
+        // (they are written with mode 0400).
+        let mut sidecar_context = restricted.clone();
+        if let Some((uid, gid)) = first_user {
+            sidecar_context["runAsUser"] = json!(uid);
+            sidecar_context["runAsGroup"] = json!(gid);
+            sidecar_context["runAsNonRoot"] = json!(uid != 0);
+        }
+        let mut env = wrapper_env.clone();
+        for (_, refs) in &injected {
+            env.extend(refs.iter().cloned());
+        }
+        let sidecar = json!({
+            "name": SIDECAR, "image": image, "imagePullPolicy": injection.image_pull_policy,
+            "command": ["/vaultsync", "env", "--files", SECRETS_DIR, "--refresh", every],
+            "env": env, "volumeMounts": mounts(true, true),
+            "securityContext": sidecar_context, "resources": resources,
+        });
+        push(spec, "containers", [sidecar]);
+    }
+    let audience = &connection.token_audience;
+    let mut volumes = vec![
+        json!({"name": BIN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}),
+        json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken":
+            {"audience": audience, "expirationSeconds": 600, "path": "token"}}]}}),
+    ];
+    if files {
+        volumes.push(
+            json!({"name": SECRETS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "8Mi"}}),
+        );
+    }
+    push(spec, "volumes", volumes);
+    Ok(Some(out))
+}
+
+fn containers<'a>(spec: &'a Value, kind: &str) -> impl Iterator<Item = &'a Value> {
+    spec[kind].as_array().into_iter().flatten()
+}
+
+/// The container's `vault:` reference variables (as env entries); refuses reserved names.
+fn reference_vars(container: &Value, name: &str) -> Result<Vec<Value>, String> {
+    let mut refs = Vec::new();
+    for var in container["env"].as_array().into_iter().flatten() {
+        let var_name = var["name"].as_str().unwrap_or_default();
+        if var_name.starts_with(ENV_PREFIX) {
+            return Err(format!(
+                "container {name:?}: environment variables starting with {ENV_PREFIX} are reserved for vaultsync ({var_name})"
+            ));
+        }
+        if let Some(value) = var["value"].as_str()
+            && value.starts_with("vault:")
+        {
+            crate::inject::reference::Reference::parse(var_name, value)
+                .map_err(|e| format!("container {name:?}: {e}"))?;
+            refs.push(var.clone());
+        }
+    }
+    Ok(refs)
+}
+
+fn mounts(files: bool, sidecar: bool) -> Vec<Value> {
+    let mut m = vec![json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true})];
+    if !sidecar {
+        m.push(json!({"name": BIN_VOLUME, "mountPath": BIN_DIR, "readOnly": true}));
+    }
+    if files {
+        m.push(json!({"name": SECRETS_VOLUME, "mountPath": SECRETS_DIR}));
+    }
+    m
+}
+
+/// Appends to the array `object[field]`, creating it.
+fn push(object: &mut Value, field: &str, items: impl IntoIterator<Item = Value>) {
+    if !object[field].is_array() {
+        object[field] = json!([]);
+    }
+    if let Some(list) = object[field].as_array_mut() {
+        list.extend(items);
+    }
+}
+
+fn valid_role(role: &str) -> bool {
+    !role.is_empty()
+        && role.len() <= 128
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Answers one AdmissionReview of a pod: unchanged, patched, or refused with the reason.
+pub fn review(
+    config: &Config,
+    review: AdmissionReview<DynamicObject>,
+) -> AdmissionReview<DynamicObject> {
+    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(request) => request,
+        Err(e) => {
+            return AdmissionResponse::invalid(format!("not an AdmissionReview: {e}"))
+                .into_review();
+        }
+    };
+    let response = AdmissionResponse::from(&request);
+    let Some(object) = &request.object else {
+        return response.into_review();
+    };
+    let pod = match serde_json::to_value(object) {
+        Ok(pod) => pod,
+        Err(e) => return response.deny(format!("unreadable pod: {e}")).into_review(),
+    };
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    match mutate(&pod, namespace, config) {
+        Ok(None) => response.into_review(),
+        Ok(Some(mutated)) => match response
+            .clone()
+            .with_patch(json_patch::diff(&pod, &mutated))
+        {
+            Ok(patched) => patched.into_review(),
+            Err(e) => response
+                .deny(format!("cannot build the patch: {e}"))
+                .into_review(),
+        },
+        Err(message) => {
+            let mut denied = response.deny(format!("vaultsync injection: {message}"));
+            denied.result.code = 400;
+            denied.result.reason = "BadRequest".into();
+            denied.into_review()
+        }
+    }
+}
