@@ -6,7 +6,8 @@
 //! webhook answering the apiserver, a KV and a database VaultSecret synced from OpenBao
 //! through the node's proxy, metrics scraped through the Service); a pod that mounts the
 //! Secret sees a rotation in its volume without a restart, and a Deployment that reads it
-//! as environment variables is replaced by the rollout restart; deleting the leader pod
+//! as environment variables is replaced by the rollout restart; a pod opted in to
+//! injection gets its value through the chart's mutating webhook; deleting the leader pod
 //! hands over to the standby within the lease duration with no rewrite and no re-issue;
 //! `helm upgrade` with a changed value keeps copies byte-identical and leases kept; `helm
 //! uninstall` leaves the copies and the resources, and a resource with a revocation
@@ -401,6 +402,33 @@ async fn the_chart_runs_on_the_node_and_workloads_consume_its_secrets() {
         );
     }
 
+    // --- injection through the chart's mutating webhook: the value only in the process.
+    let script =
+        "echo \"hash=$(printf %s \"$PASSWORD\" | sha256sum | cut -c1-64)\"; exec sleep 3600";
+    let mut spec = workload_spec(script, false);
+    spec["serviceAccountName"] = json!("app");
+    spec["volumes"] = json!([]);
+    spec["containers"][0]["volumeMounts"] = json!([]);
+    spec["containers"][0]["env"] =
+        json!([{"name": "PASSWORD", "value": format!("vault:secret/data/{app_ns}/app#password")}]);
+    let injected: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "injected", "labels": {"app": "injected"},
+                     "annotations": {"vaultsync.dev/inject": "true", "vaultsync.dev/role": role}},
+        "spec": spec,
+    }))
+    .expect("pod");
+    pods_api
+        .create(&Default::default(), &injected)
+        .await
+        .expect("the chart's webhook admits an opted-in pod");
+    wait_log_hash(
+        &client,
+        &app_ns,
+        "app=injected",
+        &second,
+        "the injected pod to print the value's hash",
+    )
+    .await;
     // --- the leader pod goes: the standby takes over, nothing is rewritten or re-issued.
     let kv = secret(&client, &app_ns, "kv").await.expect("kv");
     let db = secret(&client, &app_ns, "db").await.expect("db");
