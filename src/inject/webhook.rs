@@ -338,3 +338,105 @@ pub fn review(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            "admission: {enabled: true, certFile: /c, keyFile: /k}\n\
+             injection: {enabled: true, image: reg/vaultsync:1}\n\
+             vault:\n  default:\n    address: https://vault.example:8200\n    tokenAudience: vault\n    \
+             defaultAuth: {kubernetes: {mount: k8s, role: \"{namespace}-app\"}}\n",
+        )
+        .expect("config")
+    }
+
+    fn pod(annotations: Value, container: Value) -> Value {
+        json!({"metadata": {"annotations": annotations},
+               "spec": {"securityContext": {"runAsUser": 1000}, "containers": [container]}})
+    }
+
+    fn app(command: Option<&str>) -> Value {
+        let mut c = json!({"name": "app", "image": "app:1",
+                           "env": [{"name": "P", "value": "vault:secret/data/a/b#p"}]});
+        if let Some(command) = command {
+            c["command"] = json!([command]);
+        }
+        c
+    }
+
+    #[test]
+    fn pods_that_do_not_opt_in_are_left_alone() {
+        let config = config();
+        assert_eq!(
+            mutate(&pod(json!({}), app(Some("/app"))), "ns", &config),
+            Ok(None)
+        );
+        let off = pod(json!({INJECT: "yes"}), app(Some("/app")));
+        assert_eq!(mutate(&off, "ns", &config), Ok(None));
+    }
+
+    #[test]
+    fn an_opted_in_container_runs_the_wrapper_with_the_connection_from_config() {
+        let out = mutate(
+            &pod(json!({INJECT: "true"}), app(Some("/app"))),
+            "team",
+            &config(),
+        )
+        .expect("admitted")
+        .expect("changed");
+        let c = &out["spec"]["containers"][0];
+        assert_eq!(c["command"][0], format!("{BIN_DIR}/ld.so"));
+        assert_eq!(c["command"][6], "/app");
+        let env = c["env"].to_string();
+        for want in ["https://vault.example:8200", "team-app", "\"k8s\""] {
+            assert!(env.contains(want), "{want} in {env}");
+        }
+        assert_eq!(out["spec"]["initContainers"][0]["image"], "reg/vaultsync:1");
+        assert!(
+            out["spec"]["volumes"]
+                .to_string()
+                .contains("\"audience\":\"vault\"")
+        );
+        // Injected once: a second call changes nothing.
+        assert_eq!(mutate(&out, "team", &config()), Ok(None));
+    }
+
+    #[test]
+    fn refusals_say_what_to_do() {
+        let config = config();
+        let no_command = mutate(&pod(json!({INJECT: "true"}), app(None)), "ns", &config);
+        assert!(no_command.unwrap_err().contains(ENTRYPOINTS));
+        let mut reserved = app(Some("/app"));
+        reserved["env"] = json!([{"name": "VAULTSYNC_VAULT_ADDR", "value": "http://evil"}]);
+        let err = mutate(&pod(json!({INJECT: "true"}), reserved), "ns", &config).unwrap_err();
+        assert!(err.contains("reserved"), "{err}");
+        let bad_role = pod(json!({INJECT: "true", ROLE: "a/../b"}), app(Some("/app")));
+        assert!(mutate(&bad_role, "ns", &config).is_err());
+        let refresh_without_files = pod(json!({INJECT: "true", REFRESH: "5m"}), app(Some("/app")));
+        assert!(mutate(&refresh_without_files, "ns", &config).is_err());
+    }
+
+    #[test]
+    fn the_file_mode_sidecar_runs_as_the_application_user() {
+        let annotations = json!({INJECT: "true", MODE: "files", REFRESH: "1m"});
+        let out = mutate(&pod(annotations, app(Some("/app"))), "ns", &config())
+            .expect("admitted")
+            .expect("changed");
+        let sidecar = &out["spec"]["containers"][1];
+        assert_eq!(sidecar["name"], SIDECAR);
+        assert_eq!(sidecar["securityContext"]["runAsUser"], 1000);
+        assert!(
+            sidecar["env"]
+                .to_string()
+                .contains("vault:secret/data/a/b#p")
+        );
+        assert!(
+            out["spec"]["containers"][0]["command"]
+                .to_string()
+                .contains(SECRETS_DIR)
+        );
+    }
+}
