@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 ENV_SH := target/env/env.sh
 
-.PHONY: help build run test keyvault-conformance lint deploy-lint fmt-check clippy crds crd-check env-up env-down env-status demo bench bench-dynamic bench-tenants bench-azure
+.PHONY: help build run test keyvault-conformance lint deploy-lint fmt-check clippy crds crd-check env-up env-down env-status demo bench bench-dynamic bench-tenants bench-azure bench-inject
 
 help:
 	@echo "make demo      bring up the local environment and show vaultsync on it"
@@ -86,12 +86,13 @@ demo: env-up
 # Cold start of 1000 VaultSecrets and one steady-state refresh cycle against the local
 # environment, with a release build of the operator; prints figures next to their targets.
 # Every benchmark: the KV cold start and steady state, the dynamic-credentials soak, the
-# hostile-tenant figures and the Azure Key Vault cold start.
+# hostile-tenant figures, the Azure Key Vault cold start and the injection latencies.
 bench: env-up
 	source $(ENV_SH) && cargo build --release && cargo run --release --example bench
 	source $(ENV_SH) && cargo run --release --example bench_dynamic
 	source $(ENV_SH) && cargo run --release --example bench_tenants
 	source $(ENV_SH) && cargo run --release --example bench_azure
+	source $(ENV_SH) && cargo run --release --example bench_inject
 
 # Peak RSS added by each hostile resource (target 16 MiB), and RSS after creating and
 # deleting BENCH_CHURN (5000) resources with an identity each (target +10%).
@@ -107,3 +108,8 @@ bench-dynamic: env-up
 # 500 AzureKeyVaultSecrets over one local vault: cold start, requests per refresh, coalescing.
 bench-azure: env-up
 	source $(ENV_SH) && cargo build --release && cargo run --release --example bench_azure
+
+# Pod injection: the mutating webhook's latency (the handler alone, and dry-run pod creates
+# through the apiserver, opted in or not) and `vaultsync env` start-up to exec.
+bench-inject: env-up
+	source $(ENV_SH) && cargo build --release && cargo run --release --example bench_inject

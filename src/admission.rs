@@ -203,7 +203,7 @@ async fn mutate_pods(
     State(webhook): State<std::sync::Arc<Webhook>>,
     Json(review): Json<AdmissionReview<DynamicObject>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
-    Json(crate::inject::webhook::review(&webhook.config, review))
+    Json(crate::inject::webhook::review(&webhook.client, &webhook.config, review).await)
 }
 
 async fn validate(

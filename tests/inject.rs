@@ -43,6 +43,15 @@ impl Drop for Registered {
 /// An operator serving injection for `ns` (connection `default` at the node's OpenBao
 /// address, the node's operator image), and its webhook registered for `ns` only.
 async fn injecting_operator(client: &kube::Client, ns: &str) -> (Operator, Registered) {
+    injecting_operator_with(client, ns, "").await
+}
+
+/// [`injecting_operator`] with `extra` configuration (an `azure:` section).
+async fn injecting_operator_with(
+    client: &kube::Client,
+    ns: &str,
+    extra: &str,
+) -> (Operator, Registered) {
     let pki = std::path::PathBuf::from(common::env("K8S_CA_FILE", "Kubernetes control plane"))
         .parent()
         .expect("pki dir")
@@ -54,7 +63,7 @@ async fn injecting_operator(client: &kube::Client, ns: &str) -> (Operator, Regis
         ns,
         e2e::OperatorOptions::default().vault_addr(&vault).extra(&format!(
             "admission:\n  enabled: true\n  address: 127.0.0.1:{port}\n  certFile: {}\n  keyFile: {}\n\
-             injection:\n  enabled: true\n  image: {image}\n  imagePullPolicy: Never\n",
+             injection:\n  enabled: true\n  image: {image}\n  imagePullPolicy: Never\n{extra}",
             pki.join("apiserver.crt").display(),
             pki.join("apiserver.key").display()
         )),
@@ -491,4 +500,141 @@ async fn the_file_mode_writes_files_and_its_sidecar_follows_a_rotation() {
         .sum();
     assert_eq!(restarts, 0, "rotated without a restart");
     let _ = pods.delete("files", &DeleteParams::default()).await;
+}
+
+/// akv2k8s' env-injector: `NAME@azurekeyvault[?KEY]` names an AzureKeyVaultSecret of the
+/// pod's namespace; the pod reads Key Vault as its own service account (workload identity,
+/// the client id from its annotation) through the node's proxies to the local Key Vault.
+#[tokio::test]
+async fn an_injected_pod_reads_key_vault_as_its_own_service_account() {
+    let kv = e2e::keyvault::KeyVaultEnv::load().expect("local Key Vault");
+    let (client, ns) = e2e::setup("inject-akv").await;
+    let host_ip = common::env("VAULTSYNC_NODE_HOST_IP", "node (tests/env/node.sh)");
+    let authority = common::env("VAULTSYNC_NODE_AZURE_AUTHORITY", "node (tests/env/node.sh)");
+    let (db, pass) = (canary("akv-inject-db"), canary("akv-inject-pass"));
+    kv.set_secret("team-a", &format!("{}-db", &*ns), &db, None)
+        .await
+        .expect("seed the secret");
+    let creds = json!({"user": "app", "pass": pass}).to_string();
+    kv.set_secret("team-a", &format!("{}-creds", &*ns), &creds, None)
+        .await
+        .expect("seed the multi-key-value secret");
+    let client_id = format!("wi-{}", &*ns);
+    kv.script(&[
+        "register-client",
+        &client_id,
+        "--federated",
+        &format!("system:serviceaccount:{}:app", &*ns),
+    ])
+    .expect("register the app");
+    kv.script(&["grant", "team-a", &client_id, "secrets=get"])
+        .expect("grant");
+    let account = json!({"metadata": {"name": "app",
+        "annotations": {"azure.workload.identity/client-id": client_id}}});
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(account).unwrap(),
+        )
+        .await
+        .expect("service account");
+    // Resources for injection only, as akv2k8s writes them: no output.
+    for (name, object) in [
+        (
+            "db",
+            json!({"name": format!("{}-db", &*ns), "type": "secret"}),
+        ),
+        (
+            "creds",
+            json!({"name": format!("{}-creds", &*ns), "type": "multi-key-value-secret",
+                   "contentType": "application/x-json"}),
+        ),
+    ] {
+        let akvs = json!({"apiVersion": "vaultsync.dev/v1alpha1", "kind": "AzureKeyVaultSecret",
+            "metadata": {"name": name, "namespace": &*ns},
+            "spec": {"vault": {"name": "team-a", "object": object}}});
+        e2e::apply(&client, &ns, &serde_json::to_string(&akvs).unwrap()).await;
+    }
+    let azure = format!(
+        "azure:\n  default:\n    vaultUrlTemplate: \"https://{{name}}.vault.azure.net:{}\"\n    \
+         authorityHost: \"{authority}\"\n    tenantId: \"{}\"\n    caFile: \"{}\"\n",
+        kv.port, kv.tenant_id, kv.ca_file
+    );
+    let (_op, _registered) = injecting_operator_with(&client, &ns, &azure).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+
+    // Refusals at admission: an unknown resource, a malformed reference.
+    let annotations = json!({"vaultsync.dev/inject": "true"});
+    for (value, message) in [
+        (
+            "missing@azurekeyvault",
+            "no AzureKeyVaultSecret \"missing\"",
+        ),
+        ("Bad/Name@azurekeyvault", "names an AzureKeyVaultSecret"),
+    ] {
+        let env = json!([{"name": "X", "value": value}]);
+        let refused = dry_run(
+            &pods,
+            &pod("refused", annotations.clone(), Some(vec!["/bin/true"]), env),
+        )
+        .await;
+        let error = refused.expect_err("refused");
+        assert!(error.contains(message), "{value}: {error}");
+    }
+
+    let script = "echo \"db=$(printf %s \"$DB\" | sha256sum | cut -c1-64)\"; \
+                  echo \"pass=$(printf %s \"$PASS\" | sha256sum | cut -c1-64)\"; \
+                  echo \"wrapper-vars=$(env | grep -c '^VAULTSYNC_')\"; sleep 3600";
+    let env = json!([
+        {"name": "DB", "value": "db@azurekeyvault"},
+        {"name": "PASS", "value": "creds@azurekeyvault?pass"},
+    ]);
+    let mut app = pod("akv", annotations, Some(vec!["/bin/sh", "-c", script]), env);
+    let hosts = json!([{"ip": host_ip, "hostnames": ["team-a.vault.azure.net"]}]);
+    app.spec.as_mut().unwrap().host_aliases = Some(serde_json::from_value(hosts).unwrap());
+    let stored = dry_run(&pods, &app).await.expect("admitted");
+    let text = stored.to_string();
+    assert!(
+        text.contains("api://AzureADTokenExchange") && text.contains(&client_id),
+        "the pod's own account, federated: {text}"
+    );
+    assert!(
+        !text.contains(&db) && !text.contains(&pass),
+        "no value in the pod"
+    );
+    common::wait_until(
+        Duration::from_secs(30),
+        "the webhook to admit the pod",
+        || async { pods.create(&PostParams::default(), &app).await.ok() },
+    )
+    .await;
+    let logs = wait_log_line(
+        &pods,
+        "akv",
+        &format!("db={}", sha256(&db)),
+        "the secret's hash",
+    )
+    .await;
+    assert!(
+        logs.lines().any(|l| l == format!("pass={}", sha256(&pass))),
+        "the multi-key-value secret's key:\n{logs}"
+    );
+    assert!(logs.lines().any(|l| l == "wrapper-vars=0"), "{logs}");
+    assert!(
+        !logs.contains(&db) && !logs.contains(&pass),
+        "no value in the log"
+    );
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("secrets");
+    for s in &secrets.items {
+        let data = serde_json::to_string(&s.data).unwrap();
+        assert!(
+            !data.contains(&db),
+            "Secret {:?} holds the value",
+            s.metadata.name
+        );
+    }
+    let _ = pods.delete("akv", &DeleteParams::default()).await;
 }

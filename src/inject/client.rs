@@ -34,6 +34,33 @@ pub(super) struct Vault {
     pub(super) token_file: PathBuf,
 }
 
+/// The wrapper's HTTP client. Trust: the connection's CA (the PEM in `cacert_var`), and
+/// the operator image's CA bundle that the init container copied (the application's
+/// image may have none). Only when neither is there, the platform's roots.
+pub(super) fn http_client(cacert_var: &str, plain_http: bool) -> anyhow::Result<reqwest::Client> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT);
+    let mut roots = Vec::new();
+    if let Some(pem) = var(cacert_var) {
+        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .ok()
+            .filter(|certs| !certs.is_empty())
+            .ok_or_else(|| anyhow!("{cacert_var} holds no PEM certificate"))?;
+        roots.extend(certs);
+    }
+    if let Some(bundle) = var(ENV_CA_BUNDLE)
+        && let Ok(pem) = std::fs::read(&bundle)
+    {
+        roots.extend(reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default());
+    }
+    if !roots.is_empty() || plain_http {
+        builder = builder.tls_certs_only(roots);
+    }
+    Ok(builder.build()?)
+}
+
 impl Vault {
     pub(super) fn from_env() -> anyhow::Result<Self> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
@@ -42,30 +69,8 @@ impl Vault {
         if !addr.starts_with("https://") && !addr.starts_with("http://") {
             bail!("{ENV_VAULT_ADDR} {addr:?} is not an http(s) URL");
         }
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT);
-        // Trust: the connection's CA, and the operator image's CA bundle that the init
-        // container copied (the application's image may have none). Only when neither is
-        // there, the platform's roots.
-        let mut roots = Vec::new();
-        if let Some(pem) = var(ENV_VAULT_CACERT) {
-            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-                .ok()
-                .filter(|certs| !certs.is_empty())
-                .ok_or_else(|| anyhow!("{ENV_VAULT_CACERT} holds no PEM certificate"))?;
-            roots.extend(certs);
-        }
-        if let Some(bundle) = var(ENV_CA_BUNDLE)
-            && let Ok(pem) = std::fs::read(&bundle)
-        {
-            roots.extend(reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default());
-        }
-        if !roots.is_empty() || addr.starts_with("http://") {
-            builder = builder.tls_certs_only(roots);
-        }
         Ok(Vault {
-            http: builder.build()?,
+            http: http_client(ENV_VAULT_CACERT, addr.starts_with("http://"))?,
             addr,
             namespace: var(ENV_VAULT_NAMESPACE),
             mount: var(ENV_AUTH_MOUNT).unwrap_or_else(|| "kubernetes".into()),

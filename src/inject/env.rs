@@ -1,6 +1,7 @@
 //! `vaultsync env [--files DIR] [--refresh D] -- COMMAND...`: the exec wrapper of pod
 //! injection. It logs in to Vault as the pod's service account (Kubernetes auth, with the
-//! projected token the webhook mounts), reads each distinct `vault:` reference once, and
+//! projected token the webhook mounts), reads each distinct `vault:` reference once (and
+//! each `@azurekeyvault` one, as the same account through workload identity), and
 //! execs COMMAND with the values in its environment, or in files of DIR (mode 0400) with
 //! the variables holding the files' paths. Its own `VAULTSYNC_` variables never reach
 //! COMMAND, and the Vault token is dropped at exec (not revoked: that would revoke the
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 
 use super::ENV_PREFIX;
+use super::azure::{self, Azure, AzureRef};
 use super::client::{Login, Vault};
 use super::reference::{self, Group};
 
@@ -42,11 +44,46 @@ pub async fn run(options: EnvOptions) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("vaultsync env: {e}"))
 }
 
+/// Everything the environment asks to resolve, and the clients to resolve it with.
+struct Sources {
+    /// `None` only when there is no `vault:` reference.
+    vault: Option<Vault>,
+    groups: Vec<Group>,
+    /// `None` only when there is no `@azurekeyvault` reference.
+    azure: Option<Azure>,
+    azure_refs: Vec<AzureRef>,
+}
+
+impl Sources {
+    fn from_env() -> anyhow::Result<Self> {
+        let groups = reference::group(reference::from_env(std::env::vars_os())?);
+        let azure_refs = azure::from_env(std::env::vars_os())?;
+        // Needed, and checked up front, only when there is something to resolve.
+        Ok(Self {
+            vault: (!groups.is_empty()).then(Vault::from_env).transpose()?,
+            groups,
+            azure: (!azure_refs.is_empty()).then(Azure::from_env).transpose()?,
+            azure_refs,
+        })
+    }
+
+    fn vars(&self) -> impl Iterator<Item = &String> {
+        let vault = self.groups.iter().flat_map(|g| &g.refs).map(|(var, _)| var);
+        vault.chain(self.azure_refs.iter().map(|r| &r.var))
+    }
+
+    /// Every value; dynamic Vault credentials from `leases` while they are fresh.
+    async fn resolve(&self, leases: Option<&mut Leases>) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let mut values = resolve(self.vault.as_ref(), &self.groups, leases).await?;
+        if let Some(azure) = &self.azure {
+            values.extend(azure.resolve(&self.azure_refs).await?);
+        }
+        Ok(values)
+    }
+}
+
 async fn execute(options: EnvOptions) -> anyhow::Result<()> {
-    let groups = reference::group(reference::from_env(std::env::vars_os())?);
-    // Needed, and checked up front, only when there is something to resolve.
-    let vault = (!groups.is_empty()).then(Vault::from_env).transpose()?;
-    let vault = vault.as_ref();
+    let sources = Sources::from_env()?;
     let Some(dir) = options.files else {
         if options.refresh.is_some() {
             bail!("--refresh needs --files");
@@ -54,10 +91,10 @@ async fn execute(options: EnvOptions) -> anyhow::Result<()> {
         if options.command.is_empty() {
             bail!("no command to run: vaultsync env -- COMMAND [ARGS...]");
         }
-        let values = resolve(vault, &groups, None).await?;
+        let values = sources.resolve(None).await?;
         return exec(&options.command, values);
     };
-    for (var, _) in groups.iter().flat_map(|g| &g.refs) {
+    for var in sources.vars() {
         reference::check_file_name(var)?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
@@ -68,9 +105,9 @@ async fn execute(options: EnvOptions) -> anyhow::Result<()> {
         if every.is_zero() {
             bail!("--refresh must be longer than 0s");
         }
-        return sidecar(vault, &dir, &groups, every).await;
+        return sidecar(&sources, &dir, every).await;
     }
-    let values = resolve(vault, &groups, None).await?;
+    let values = sources.resolve(None).await?;
     let mut paths = Vec::new();
     for (var, value) in values {
         write_file(&dir, &var, &value)?;
@@ -134,12 +171,7 @@ fn write_file(dir: &Path, name: &str, value: &[u8]) -> anyhow::Result<bool> {
 
 /// The sidecar: resolves and rewrites the files every `every` until SIGTERM or SIGINT.
 /// A failed round is logged and retried at the next tick.
-async fn sidecar(
-    vault: Option<&Vault>,
-    dir: &Path,
-    groups: &[Group],
-    every: Duration,
-) -> anyhow::Result<()> {
+async fn sidecar(sources: &Sources, dir: &Path, every: Duration) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -154,7 +186,7 @@ async fn sidecar(
         }
         let round = async {
             let mut written = 0;
-            for (var, value) in resolve(vault, groups, Some(&mut leases)).await? {
+            for (var, value) in sources.resolve(Some(&mut leases)).await? {
                 written += usize::from(write_file(dir, &var, &value)?);
             }
             anyhow::Ok(written)

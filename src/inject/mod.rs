@@ -7,6 +7,7 @@
 //! below: the webhook sets them from the operator's configuration, never from the pod's
 //! annotations, and the wrapper removes them before it execs.
 
+pub mod azure;
 mod client;
 pub mod env;
 pub mod reference;

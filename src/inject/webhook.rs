@@ -43,12 +43,39 @@ const TOKEN_VOLUME: &str = "vaultsync-token";
 const SECRETS_VOLUME: &str = "vaultsync-secrets";
 const BIN_DIR: &str = "/var/run/vaultsync/bin";
 const TOKEN_DIR: &str = "/var/run/vaultsync/token";
+/// The projected token for Azure's federated flow, in [`TOKEN_DIR`].
+const AZURE_TOKEN: &str = "azure-token";
 /// Where the file mode writes values.
 pub const SECRETS_DIR: &str = "/var/run/vaultsync/secrets";
 
+/// Whether the pod opted in, and the AzureKeyVaultSecrets its containers reference
+/// (what [`review`] reads before [`mutate`]).
+pub fn azure_names(pod: &Value) -> Result<Vec<String>, String> {
+    if pod["metadata"]["annotations"][INJECT] != "true" {
+        return Ok(Vec::new());
+    }
+    let mut names = Vec::new();
+    for kind in ["containers", "initContainers"] {
+        for container in containers(&pod["spec"], kind) {
+            for r in reference_vars(container)?.azure {
+                names.push(r.name);
+            }
+        }
+    }
+    names.sort_unstable();
+    names.dedup();
+    Ok(names)
+}
+
 /// The pod as it should be admitted: `Ok(None)` leaves it unchanged, `Err` refuses it with
-/// a message for the person who applied it.
-pub fn mutate(pod: &Value, namespace: &str, config: &Config) -> Result<Option<Value>, String> {
+/// a message for the person who applied it. `azure` is the wrapper's `VAULTSYNC_AZURE_*`
+/// environment ([`crate::inject::azure::plan`]), for pods with `@azurekeyvault` references.
+pub fn mutate(
+    pod: &Value,
+    namespace: &str,
+    config: &Config,
+    azure: &[Value],
+) -> Result<Option<Value>, String> {
     let annotations = &pod["metadata"]["annotations"];
     let annotation = |key: &str| annotations.get(key).and_then(Value::as_str);
     if annotation(INJECT) != Some("true") {
@@ -63,28 +90,17 @@ pub fn mutate(pod: &Value, namespace: &str, config: &Config) -> Result<Option<Va
     if containers(spec, "initContainers").any(|c| c["name"] == INIT) {
         return Ok(None);
     }
-    let connection_name = annotation(CONNECTION).unwrap_or("default");
-    let connection = config.vault.get(connection_name).ok_or_else(|| {
-        format!(
-            "{CONNECTION}: no Vault connection {connection_name:?} in the operator's configuration"
-        )
-    })?;
-    let default_auth = connection.default_auth.as_ref().map(|d| &d.kubernetes);
-    let role = match (annotation(ROLE), default_auth) {
-        (Some(role), _) if valid_role(role) => role.to_string(),
-        (Some(role), _) => {
-            return Err(format!(
-                "{ROLE} {role:?} is not a Vault role name (letters, digits, '-', '_', '.', at most 128)"
-            ));
+    let mut has = (false, false);
+    for kind in ["containers", "initContainers"] {
+        for container in containers(spec, kind) {
+            let refs = reference_vars(container)?;
+            has = (has.0 || refs.vault, has.1 || !refs.azure.is_empty());
         }
-        (None, Some(auth)) => auth.role.replace("{namespace}", namespace),
-        (None, None) => {
-            return Err(format!(
-                "set the annotation {ROLE}: connection {connection_name:?} has no default auth role"
-            ));
-        }
-    };
-    let mount = default_auth.map_or("kubernetes", |a| a.mount.as_str());
+    }
+    let (has_vault, has_azure) = has;
+    if has_azure && azure.is_empty() {
+        return Err("the pod's @azurekeyvault references were not resolved".into());
+    }
     let files = match annotation(MODE).unwrap_or("env") {
         "env" => false,
         "files" => true,
@@ -106,26 +122,20 @@ pub fn mutate(pod: &Value, namespace: &str, config: &Config) -> Result<Option<Va
         })?,
         None => BTreeMap::new(),
     };
-
-    let ca = match &connection.ca_file {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-            format!("the operator cannot read connection {connection_name:?}'s caFile: {e}")
-        })?),
-        None => None,
+    let (mut wrapper_env, mut tokens) = match has_vault {
+        true => vault_env(config, namespace, &annotation)?,
+        false => (Vec::new(), Vec::new()),
     };
-    let mut wrapper_env = vec![
-        json!({"name": ENV_VAULT_ADDR, "value": connection.address}),
-        json!({"name": ENV_AUTH_MOUNT, "value": mount}),
-        json!({"name": ENV_ROLE, "value": role}),
-        json!({"name": ENV_TOKEN_FILE, "value": format!("{TOKEN_DIR}/token")}),
+    if has_azure {
+        wrapper_env.extend(azure.iter().cloned());
+        wrapper_env.push(json!({"name": crate::inject::azure::ENV_TOKEN_FILE,
+                                "value": format!("{TOKEN_DIR}/{AZURE_TOKEN}")}));
+        tokens.push(json!({"serviceAccountToken": {"audience": crate::backend::azure::FEDERATED_AUDIENCE,
+                                                   "expirationSeconds": 3600, "path": AZURE_TOKEN}}));
+    }
+    wrapper_env.push(
         json!({"name": ENV_CA_BUNDLE, "value": format!("{BIN_DIR}/{}", crate::inject::CA_BUNDLE)}),
-    ];
-    if let Some(ca) = ca {
-        wrapper_env.push(json!({"name": ENV_VAULT_CACERT, "value": ca}));
-    }
-    if let Some(ns) = &connection.namespace {
-        wrapper_env.push(json!({"name": ENV_VAULT_NAMESPACE, "value": ns}));
-    }
+    );
 
     let mut out = pod.clone();
     let mut injected = Vec::new();
@@ -137,7 +147,7 @@ pub fn mutate(pod: &Value, namespace: &str, config: &Config) -> Result<Option<Va
         };
         for container in list.iter_mut() {
             let name = container["name"].as_str().unwrap_or_default().to_string();
-            let refs = reference_vars(container, &name)?;
+            let refs = reference_vars(container)?.vars;
             if refs.is_empty() {
                 continue;
             }
@@ -147,7 +157,7 @@ pub fn mutate(pod: &Value, namespace: &str, config: &Config) -> Result<Option<Va
                     Some(e) if !e.is_empty() => e.iter().map(|s| json!(s)).collect(),
                     _ => {
                         return Err(format!(
-                            "container {name:?} has vault: references but no command, so vaultsync env cannot know what to run: set its command (the image's entrypoint), or annotate the pod with {ENTRYPOINTS}: '{{\"{name}\": [\"/path/to/entrypoint\"]}}'"
+                            "container {name:?} has references but no command, so vaultsync env cannot know what to run: set its command (the image's entrypoint), or annotate the pod with {ENTRYPOINTS}: '{{\"{name}\": [\"/path/to/entrypoint\"]}}'"
                         ));
                     }
                 },
@@ -229,11 +239,9 @@ pub fn mutate(pod: &Value, namespace: &str, config: &Config) -> Result<Option<Va
         });
         push(spec, "containers", [sidecar]);
     }
-    let audience = &connection.token_audience;
     let mut volumes = vec![
         json!({"name": BIN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}),
-        json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken":
-            {"audience": audience, "expirationSeconds": 600, "path": "token"}}]}}),
+        json!({"name": TOKEN_VOLUME, "projected": {"sources": tokens}}),
     ];
     if files {
         volumes.push(
@@ -244,13 +252,72 @@ pub fn mutate(pod: &Value, namespace: &str, config: &Config) -> Result<Option<Va
     Ok(Some(out))
 }
 
+/// The wrapper's Vault environment and the projected token it logs in with: the
+/// connection (by the pod's annotation, `default` otherwise) and role.
+fn vault_env<'a>(
+    config: &Config,
+    namespace: &str,
+    annotation: &dyn Fn(&str) -> Option<&'a str>,
+) -> Result<(Vec<Value>, Vec<Value>), String> {
+    let connection_name = annotation(CONNECTION).unwrap_or("default");
+    let connection = config.vault.get(connection_name).ok_or_else(|| {
+        format!(
+            "{CONNECTION}: no Vault connection {connection_name:?} in the operator's configuration"
+        )
+    })?;
+    let default_auth = connection.default_auth.as_ref().map(|d| &d.kubernetes);
+    let role = match (annotation(ROLE), default_auth) {
+        (Some(role), _) if valid_role(role) => role.to_string(),
+        (Some(role), _) => {
+            return Err(format!(
+                "{ROLE} {role:?} is not a Vault role name (letters, digits, '-', '_', '.', at most 128)"
+            ));
+        }
+        (None, Some(auth)) => auth.role.replace("{namespace}", namespace),
+        (None, None) => {
+            return Err(format!(
+                "set the annotation {ROLE}: connection {connection_name:?} has no default auth role"
+            ));
+        }
+    };
+    let mount = default_auth.map_or("kubernetes", |a| a.mount.as_str());
+    let mut env = vec![
+        json!({"name": ENV_VAULT_ADDR, "value": connection.address}),
+        json!({"name": ENV_AUTH_MOUNT, "value": mount}),
+        json!({"name": ENV_ROLE, "value": role}),
+        json!({"name": ENV_TOKEN_FILE, "value": format!("{TOKEN_DIR}/token")}),
+    ];
+    if let Some(path) = &connection.ca_file {
+        let ca = std::fs::read_to_string(path).map_err(|e| {
+            format!("the operator cannot read connection {connection_name:?}'s caFile: {e}")
+        })?;
+        env.push(json!({"name": ENV_VAULT_CACERT, "value": ca}));
+    }
+    if let Some(ns) = &connection.namespace {
+        env.push(json!({"name": ENV_VAULT_NAMESPACE, "value": ns}));
+    }
+    let token = json!({"serviceAccountToken": {"audience": connection.token_audience,
+                                               "expirationSeconds": 600, "path": "token"}});
+    Ok((env, vec![token]))
+}
+
 fn containers<'a>(spec: &'a Value, kind: &str) -> impl Iterator<Item = &'a Value> {
     spec[kind].as_array().into_iter().flatten()
 }
 
-/// The container's `vault:` reference variables (as env entries); refuses reserved names.
-fn reference_vars(container: &Value, name: &str) -> Result<Vec<Value>, String> {
-    let mut refs = Vec::new();
+/// A container's references: every reference variable (as env entries, for the
+/// sidecar), whether any is a `vault:` one, and the `@azurekeyvault` ones.
+#[derive(Default)]
+struct Refs {
+    vars: Vec<Value>,
+    vault: bool,
+    azure: Vec<crate::inject::azure::AzureRef>,
+}
+
+/// The container's references; refuses reserved names and malformed references.
+fn reference_vars(container: &Value) -> Result<Refs, String> {
+    let name = container["name"].as_str().unwrap_or_default();
+    let mut refs = Refs::default();
     for var in container["env"].as_array().into_iter().flatten() {
         let var_name = var["name"].as_str().unwrap_or_default();
         if var_name.starts_with(ENV_PREFIX) {
@@ -258,13 +325,20 @@ fn reference_vars(container: &Value, name: &str) -> Result<Vec<Value>, String> {
                 "container {name:?}: environment variables starting with {ENV_PREFIX} are reserved for vaultsync ({var_name})"
             ));
         }
-        if let Some(value) = var["value"].as_str()
-            && value.starts_with("vault:")
-        {
+        let Some(value) = var["value"].as_str() else {
+            continue;
+        };
+        if value.starts_with("vault:") {
             crate::inject::reference::Reference::parse(var_name, value)
                 .map_err(|e| format!("container {name:?}: {e}"))?;
-            refs.push(var.clone());
+            refs.vault = true;
+        } else if let Some(parsed) = crate::inject::azure::parse(var_name, value) {
+            refs.azure
+                .push(parsed.map_err(|e| format!("container {name:?}: {e}"))?);
+        } else {
+            continue;
         }
+        refs.vars.push(var.clone());
     }
     Ok(refs)
 }
@@ -299,7 +373,8 @@ fn valid_role(role: &str) -> bool {
 }
 
 /// Answers one AdmissionReview of a pod: unchanged, patched, or refused with the reason.
-pub fn review(
+pub async fn review(
+    client: &kube::Client,
     config: &Config,
     review: AdmissionReview<DynamicObject>,
 ) -> AdmissionReview<DynamicObject> {
@@ -319,7 +394,13 @@ pub fn review(
         Err(e) => return response.deny(format!("unreadable pod: {e}")).into_review(),
     };
     let namespace = request.namespace.as_deref().unwrap_or_default();
-    match mutate(&pod, namespace, config) {
+    // The AzureKeyVaultSecrets a pod references are read first; the rest is pure.
+    let azure = match azure_names(&pod) {
+        Ok(names) if names.is_empty() => Ok(Vec::new()),
+        Ok(names) => crate::inject::azure::plan(client, config, namespace, &pod, &names).await,
+        Err(e) => Err(e),
+    };
+    match azure.and_then(|azure| mutate(&pod, namespace, config, &azure)) {
         Ok(None) => response.into_review(),
         Ok(Some(mutated)) => match response
             .clone()
@@ -371,11 +452,11 @@ mod tests {
     fn pods_that_do_not_opt_in_are_left_alone() {
         let config = config();
         assert_eq!(
-            mutate(&pod(json!({}), app(Some("/app"))), "ns", &config),
+            mutate(&pod(json!({}), app(Some("/app"))), "ns", &config, &[]),
             Ok(None)
         );
         let off = pod(json!({INJECT: "yes"}), app(Some("/app")));
-        assert_eq!(mutate(&off, "ns", &config), Ok(None));
+        assert_eq!(mutate(&off, "ns", &config, &[]), Ok(None));
     }
 
     #[test]
@@ -384,6 +465,7 @@ mod tests {
             &pod(json!({INJECT: "true"}), app(Some("/app"))),
             "team",
             &config(),
+            &[],
         )
         .expect("admitted")
         .expect("changed");
@@ -401,28 +483,28 @@ mod tests {
                 .contains("\"audience\":\"vault\"")
         );
         // Injected once: a second call changes nothing.
-        assert_eq!(mutate(&out, "team", &config()), Ok(None));
+        assert_eq!(mutate(&out, "team", &config(), &[]), Ok(None));
     }
 
     #[test]
     fn refusals_say_what_to_do() {
         let config = config();
-        let no_command = mutate(&pod(json!({INJECT: "true"}), app(None)), "ns", &config);
+        let no_command = mutate(&pod(json!({INJECT: "true"}), app(None)), "ns", &config, &[]);
         assert!(no_command.unwrap_err().contains(ENTRYPOINTS));
         let mut reserved = app(Some("/app"));
         reserved["env"] = json!([{"name": "VAULTSYNC_VAULT_ADDR", "value": "http://evil"}]);
-        let err = mutate(&pod(json!({INJECT: "true"}), reserved), "ns", &config).unwrap_err();
+        let err = mutate(&pod(json!({INJECT: "true"}), reserved), "ns", &config, &[]).unwrap_err();
         assert!(err.contains("reserved"), "{err}");
         let bad_role = pod(json!({INJECT: "true", ROLE: "a/../b"}), app(Some("/app")));
-        assert!(mutate(&bad_role, "ns", &config).is_err());
+        assert!(mutate(&bad_role, "ns", &config, &[]).is_err());
         let refresh_without_files = pod(json!({INJECT: "true", REFRESH: "5m"}), app(Some("/app")));
-        assert!(mutate(&refresh_without_files, "ns", &config).is_err());
+        assert!(mutate(&refresh_without_files, "ns", &config, &[]).is_err());
     }
 
     #[test]
     fn the_file_mode_sidecar_runs_as_the_application_user() {
         let annotations = json!({INJECT: "true", MODE: "files", REFRESH: "1m"});
-        let out = mutate(&pod(annotations, app(Some("/app"))), "ns", &config())
+        let out = mutate(&pod(annotations, app(Some("/app"))), "ns", &config(), &[])
             .expect("admitted")
             .expect("changed");
         let sidecar = &out["spec"]["containers"][1];

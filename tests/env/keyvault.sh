@@ -80,9 +80,10 @@ install_venv() {
 
 # --- certificates and the token signing key -------------------------------------------------
 # One CA (ca.pem, what clients trust) signs one server certificate used by both servers, for
-# 127.0.0.1, ::1, localhost, *.vault.azure.net and each vault host.
+# 127.0.0.1, ::1, the node's bridge address (pods reach both there), localhost,
+# *.vault.azure.net and each vault host.
 wanted_sans() {
-  local sans="IP:127.0.0.1, IP:::1, DNS:localhost, DNS:*.vault.azure.net" h
+  local sans="IP:127.0.0.1, IP:::1, IP:$POD_HOST_IP, DNS:localhost, DNS:*.vault.azure.net" h
   while read -r h; do sans+=", DNS:$h"; done < <(vault_hosts)
   echo "$sans"
 }

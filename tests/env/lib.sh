@@ -27,6 +27,11 @@ KEYVAULT_PORT=${KEYVAULT_PORT:-443}
 # The vault URL suffix for the port: none for 443.
 if [[ $KEYVAULT_PORT == 443 ]]; then KEYVAULT_PORT_SUFFIX=""; else KEYVAULT_PORT_SUFFIX=":$KEYVAULT_PORT"; fi
 TOKEN_PORT=${TOKEN_PORT:-18444}
+# The node's pod network (tests/env/node.sh) and the machine's address on its bridge,
+# where pods reach the loopback services above through TCP proxies. The Key Vault's and
+# the token endpoint's certificate names it too.
+POD_SUBNET=${NODE_POD_SUBNET:-10.245.0.0/24}
+POD_HOST_IP=${POD_SUBNET%.*}.1
 
 log() { printf '[env] %s\n' "$*" >&2; }
 

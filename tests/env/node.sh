@@ -33,12 +33,13 @@ KUBELET_PORT=${KUBELET_PORT:-10350}
 KUBELET_HEALTHZ_PORT=${KUBELET_HEALTHZ_PORT:-10348}
 SCHEDULER_PORT=${SCHEDULER_PORT:-10359}
 BRIDGE=${NODE_BRIDGE:-vsbr0}
-POD_SUBNET=${NODE_POD_SUBNET:-10.245.0.0/24}
 # Pods reach the machine's loopback services through addresses on the bridge and a TCP
 # proxy (socat) per service: the apiserver as the `kubernetes` Service (10.96.0.1:443, in
-# the apiserver certificate's names), OpenBao at $HOST_IP:8200. Nothing is forwarded or
+# the apiserver certificate's names), OpenBao at $HOST_IP:8200, the local Key Vault at
+# $HOST_IP:$KEYVAULT_PORT and its token endpoint at $HOST_IP:$TOKEN_PORT (pods name the
+# vault hosts with hostAliases, as /etc/hosts does on the machine). Nothing is forwarded or
 # NATed: the packets are addressed to the machine itself.
-HOST_IP=${POD_SUBNET%.*}.1
+HOST_IP=$POD_HOST_IP
 APISERVER_SERVICE_IP=10.96.0.1
 BAO_IN_CLUSTER=http://$HOST_IP:8200
 CGROUP_ROOT=/vaultsync-node
@@ -487,9 +488,15 @@ proxy() {
 start_proxies() {
   proxy apiserver "$APISERVER_SERVICE_IP:443" "$APISERVER_PORT"
   proxy openbao "$HOST_IP:8200" "$BAO_PORT"
+  proxy keyvault "$HOST_IP:$KEYVAULT_PORT" "$KEYVAULT_PORT"
+  proxy entra "$HOST_IP:$TOKEN_PORT" "$TOKEN_PORT"
 }
 
-proxies_alive() { is_running "$STATE/proxy-apiserver.pid" && is_running "$STATE/proxy-openbao.pid"; }
+PROXIES=(apiserver openbao keyvault entra)
+proxies_alive() {
+  local p
+  for p in "${PROXIES[@]}"; do is_running "$STATE/proxy-$p.pid" || return 1; done
+}
 
 wait_node_ready() {
   wait_for node 120 node_ready || {
@@ -613,7 +620,7 @@ up() {
     fi
     step "node: certificates, configuration, cgroups ($STATE, $CGROUP_ROOT)" prepare
     step "node: bridge $BRIDGE ($HOST_IP, $APISERVER_SERVICE_IP)" make_bridge
-    step "node: TCP proxies for pods (apiserver $APISERVER_SERVICE_IP:443, openbao $BAO_IN_CLUSTER)" start_proxies
+    step "node: TCP proxies for pods (apiserver $APISERVER_SERVICE_IP:443, openbao $BAO_IN_CLUSTER, key vault and token endpoint at $HOST_IP)" start_proxies
     step "node: private mount namespace" start_mount_ns
     step "node: containerd ($CTRD_SOCK)" start_containerd
     step "node: import images" import_images
@@ -629,6 +636,10 @@ up() {
 export VAULTSYNC_NODE="$NODE_NAME"
 export VAULTSYNC_NODE_CONTAINERD="$CTRD_SOCK"
 export VAULTSYNC_NODE_VAULT_ADDR="$BAO_IN_CLUSTER"
+# Pods reach the local Key Vault at this address (hostAliases for the vault hosts) and its
+# token endpoint at this authority; the machine reaches both there too.
+export VAULTSYNC_NODE_HOST_IP="$HOST_IP"
+export VAULTSYNC_NODE_AZURE_AUTHORITY="https://$HOST_IP:$TOKEN_PORT"
 export VAULTSYNC_IMAGE="$OPERATOR_IMAGE"
 export UTILITY_IMAGE="$UTILITY_IMAGE"
 export VAULTSYNC_CHART_VALUES="$ENV_DIR/chart-values.yaml"
@@ -742,8 +753,8 @@ remove_cgroups() {
 
 down_quiet() {
   delete_pods
-  stop_pid "$STATE/proxy-apiserver.pid"
-  stop_pid "$STATE/proxy-openbao.pid"
+  local p
+  for p in "${PROXIES[@]}"; do stop_pid "$STATE/proxy-$p.pid"; done
   stop_pid "$STATE/kube-scheduler.pid"
   stop_pid "$STATE/kubelet.pid"
   remove_containers

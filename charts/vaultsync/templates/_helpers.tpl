@@ -125,6 +125,11 @@ a ClusterRole with scope=cluster, a Role per watched namespace with scope=namesp
 - apiGroups: [""]
   resources: [serviceaccounts/token]
   verbs: [create]
+# The app registration a service account is annotated with
+# (azure.workload.identity/client-id), for Azure workload identity and injection.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get]
 # Events on the resources (src/events.rs creates one per occurrence and never updates).
 - apiGroups: [events.k8s.io]
   resources: [events]

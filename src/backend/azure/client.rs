@@ -112,14 +112,19 @@ impl Connection {
             config.ca_file.as_deref(),
             Duration::from_secs(15),
         )?;
-        Ok(Self {
+        Ok(Self::with_http(name, config, http))
+    }
+
+    /// A connection over `http`, whose trust the caller set up.
+    pub fn with_http(name: &str, config: &AzureConnection, http: reqwest::Client) -> Self {
+        Self {
             name: name.to_string(),
             config: config.clone(),
             http,
             vaults: Mutex::default(),
             clients: Mutex::default(),
             in_flight: Arc::default(),
-        })
+        }
     }
 
     /// The URL of vault `name`, from the admin's template.

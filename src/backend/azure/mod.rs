@@ -10,8 +10,9 @@ mod throttle;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-pub use auth::Identity;
-use client::{Connection, ObjectRef, Read};
+pub use auth::{CLIENT_ID_ANNOTATION, FEDERATED_AUDIENCE, Identity};
+pub use client::Connection;
+use client::{ObjectRef, Read};
 
 use super::{Backend, Fresh, Lease, Material, Prior, SecretValue};
 use crate::api::{
@@ -105,78 +106,7 @@ impl Backend for AzureBackend {
             .unwrap_or_else(|| "default".into());
         let conn = self.connection(&connection)?;
         let identity = auth::identity(namespace, conn, spec.vault.auth.as_ref())?;
-        let object = &spec.vault.object;
-        // The schema says so too; checked again here for what bypasses it (`vaultsync
-        // check` reads a file, and an object stored under an older schema).
-        for (field, name) in [
-            ("spec.vault.name", &spec.vault.name),
-            ("spec.vault.object.name", &object.name),
-        ] {
-            if name.is_empty()
-                || name.len() > 127
-                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            {
-                return Err(Error::InvalidSpec(format!(
-                    "{field} must be 1 to 127 letters, digits and '-'"
-                )));
-            }
-        }
-        let version = object.version.clone().filter(|v| !v.is_empty());
-        if let Some(v) = &version
-            && !(v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            return Err(Error::InvalidSpec(format!(
-                "spec.vault.object.version {v:?} is not a Key Vault version (32 hexadecimal characters)"
-            )));
-        }
-        let output = spec.output.clone().unwrap_or_default();
-        if output.config_map.is_some() {
-            return Err(Error::InvalidSpec(
-                "spec.output.configMap is not supported: vaultsync writes Secrets; remove it and set spec.output.secret".into(),
-            ));
-        }
-        let target = output.secret.unwrap_or_default();
-        let data_key = target.data_key.clone();
-        let tls = target.secret.type_.as_deref() == Some(TLS)
-            || (object.type_ == AzureObjectType::Certificate && data_key.is_none());
-        match object.type_ {
-            AzureObjectType::Secret | AzureObjectType::Key if data_key.is_none() => {
-                return Err(Error::InvalidSpec(
-                    "spec.output.secret.dataKey is required for a secret or key object: it names the Secret key the value is written under".into(),
-                ));
-            }
-            AzureObjectType::Secret
-            | AzureObjectType::Key
-            | AzureObjectType::MultiKeyValueSecret
-                if tls =>
-            {
-                return Err(Error::InvalidSpec(
-                    "only a certificate object can be written as a kubernetes.io/tls Secret".into(),
-                ));
-            }
-            _ => {}
-        }
-        Ok(AzureRequest {
-            vault_url: conn.vault_url(&spec.vault.name.to_ascii_lowercase()),
-            connection,
-            identity,
-            object_type: object.type_,
-            object: ObjectRef {
-                key: object.type_ == AzureObjectType::Key,
-                kind: match object.type_ {
-                    AzureObjectType::Secret => "secret",
-                    AzureObjectType::Certificate => "certificate",
-                    AzureObjectType::Key => "key",
-                    AzureObjectType::MultiKeyValueSecret => "multi-key-value secret",
-                },
-                name: object.name.clone(),
-                version,
-            },
-            content_type: object.content_type,
-            transforms: output.transform.unwrap_or_default(),
-            data_key: if tls { None } else { data_key },
-            chain_order: target.chain_order,
-        })
+        request(connection, conn, identity, spec)
     }
 
     fn issues(_: &AzureRequest) -> bool {
@@ -194,25 +124,7 @@ impl Backend for AzureBackend {
                 .credentials
                 .get(&self.kube, conn, &request.identity)
                 .await?;
-            let read = conn
-                .read(
-                    &self.metrics,
-                    &request.vault_url,
-                    &request.identity,
-                    credential,
-                    &request.object,
-                )
-                .await
-                .map_err(|e| {
-                    e.with_context(|m| format!("{m} (as {})", request.identity.describe()))
-                })?;
-            // Decoding a PKCS#12 or checking a chain is CPU work: off the async workers.
-            let owned = request.clone();
-            tokio::task::spawn_blocking(move || shape(&owned, &read))
-                .await
-                .map_err(|e| {
-                    Error::unavailable(format!("decoding what Key Vault returned failed: {e}"))
-                })?
+            read(conn, &self.metrics, request, credential).await
         }
         .await;
         if let Err(Error::AuthFailed(_)) = &result {
@@ -244,6 +156,111 @@ impl Backend for AzureBackend {
         // Key Vault objects are read, never issued: there is nothing to give back.
         Ok(())
     }
+}
+
+/// The request of an AzureKeyVaultSecret spec read as `identity` through `conn` (named
+/// `connection`). Pure: also what injection resolves a pod's references with.
+pub fn request(
+    connection: String,
+    conn: &Connection,
+    identity: Identity,
+    spec: &AzureKeyVaultSecretSpec,
+) -> Result<AzureRequest> {
+    let object = &spec.vault.object;
+    // The schema says so too; checked again here for what bypasses it (`vaultsync
+    // check` reads a file, and an object stored under an older schema).
+    for (field, name) in [
+        ("spec.vault.name", &spec.vault.name),
+        ("spec.vault.object.name", &object.name),
+    ] {
+        if name.is_empty()
+            || name.len() > 127
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(Error::InvalidSpec(format!(
+                "{field} must be 1 to 127 letters, digits and '-'"
+            )));
+        }
+    }
+    let version = object.version.clone().filter(|v| !v.is_empty());
+    if let Some(v) = &version
+        && !(v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(Error::InvalidSpec(format!(
+            "spec.vault.object.version {v:?} is not a Key Vault version (32 hexadecimal characters)"
+        )));
+    }
+    let output = spec.output.clone().unwrap_or_default();
+    if output.config_map.is_some() {
+        return Err(Error::InvalidSpec(
+            "spec.output.configMap is not supported: vaultsync writes Secrets; remove it and set spec.output.secret".into(),
+        ));
+    }
+    let target = output.secret.unwrap_or_default();
+    let data_key = target.data_key.clone();
+    let tls = target.secret.type_.as_deref() == Some(TLS)
+        || (object.type_ == AzureObjectType::Certificate && data_key.is_none());
+    match object.type_ {
+        AzureObjectType::Secret | AzureObjectType::Key if data_key.is_none() => {
+            return Err(Error::InvalidSpec(
+                "spec.output.secret.dataKey is required for a secret or key object: it names the Secret key the value is written under".into(),
+            ));
+        }
+        AzureObjectType::Secret | AzureObjectType::Key | AzureObjectType::MultiKeyValueSecret
+            if tls =>
+        {
+            return Err(Error::InvalidSpec(
+                "only a certificate object can be written as a kubernetes.io/tls Secret".into(),
+            ));
+        }
+        _ => {}
+    }
+    Ok(AzureRequest {
+        vault_url: conn.vault_url(&spec.vault.name.to_ascii_lowercase()),
+        connection,
+        identity,
+        object_type: object.type_,
+        object: ObjectRef {
+            key: object.type_ == AzureObjectType::Key,
+            kind: match object.type_ {
+                AzureObjectType::Secret => "secret",
+                AzureObjectType::Certificate => "certificate",
+                AzureObjectType::Key => "key",
+                AzureObjectType::MultiKeyValueSecret => "multi-key-value secret",
+            },
+            name: object.name.clone(),
+            version,
+        },
+        content_type: object.content_type,
+        transforms: output.transform.unwrap_or_default(),
+        data_key: if tls { None } else { data_key },
+        chain_order: target.chain_order,
+    })
+}
+
+/// Reads the request's object as `credential` and shapes it into Secret data: the
+/// backend's read, also what injection resolves a pod's references with.
+pub async fn read(
+    conn: &Connection,
+    metrics: &Arc<Metrics>,
+    request: &AzureRequest,
+    credential: Arc<dyn azure_core::credentials::TokenCredential>,
+) -> Result<Fresh> {
+    let read = conn
+        .read(
+            metrics,
+            &request.vault_url,
+            &request.identity,
+            credential,
+            &request.object,
+        )
+        .await
+        .map_err(|e| e.with_context(|m| format!("{m} (as {})", request.identity.describe())))?;
+    // Decoding a PKCS#12 or checking a chain is CPU work: off the async workers.
+    let owned = request.clone();
+    tokio::task::spawn_blocking(move || shape(&owned, &read))
+        .await
+        .map_err(|e| Error::unavailable(format!("decoding what Key Vault returned failed: {e}")))?
 }
 
 /// Pure: what was read becomes the Secret's data, as the request asks.
