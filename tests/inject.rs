@@ -519,6 +519,20 @@ async fn an_injected_pod_reads_key_vault_as_its_own_service_account() {
     kv.set_secret("team-a", &format!("{}-creds", &*ns), &creds, None)
         .await
         .expect("seed the multi-key-value secret");
+    let bundle = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/azure/rsa-bundle.pem"
+    ))
+    .expect("fixture");
+    kv.import_certificate(
+        "team-a",
+        &format!("{}-web", &*ns),
+        &bundle,
+        true,
+        "application/x-pem-file",
+    )
+    .await
+    .expect("import the certificate");
     let client_id = format!("wi-{}", &*ns);
     kv.script(&[
         "register-client",
@@ -549,10 +563,20 @@ async fn an_injected_pod_reads_key_vault_as_its_own_service_account() {
             json!({"name": format!("{}-creds", &*ns), "type": "multi-key-value-secret",
                    "contentType": "application/x-json"}),
         ),
+        (
+            "web",
+            json!({"name": format!("{}-web", &*ns), "type": "certificate"}),
+        ),
+        // Another tenant's vault: the pod's identity has no grant there.
+        (
+            "other",
+            json!({"name": format!("{}-db", &*ns), "type": "secret"}),
+        ),
     ] {
+        let vault = if name == "other" { "team-b" } else { "team-a" };
         let akvs = json!({"apiVersion": "vaultsync.dev/v1alpha1", "kind": "AzureKeyVaultSecret",
             "metadata": {"name": name, "namespace": &*ns},
-            "spec": {"vault": {"name": "team-a", "object": object}}});
+            "spec": {"vault": {"name": vault, "object": object}}});
         e2e::apply(&client, &ns, &serde_json::to_string(&akvs).unwrap()).await;
     }
     let azure = format!(
@@ -570,7 +594,7 @@ async fn an_injected_pod_reads_key_vault_as_its_own_service_account() {
             "missing@azurekeyvault",
             "no AzureKeyVaultSecret \"missing\"",
         ),
-        ("Bad/Name@azurekeyvault", "names an AzureKeyVaultSecret"),
+        ("Bad/Name@azurekeyvault", "name an AzureKeyVaultSecret"),
     ] {
         let env = json!([{"name": "X", "value": value}]);
         let refused = dry_run(
@@ -584,10 +608,12 @@ async fn an_injected_pod_reads_key_vault_as_its_own_service_account() {
 
     let script = "echo \"db=$(printf %s \"$DB\" | sha256sum | cut -c1-64)\"; \
                   echo \"pass=$(printf %s \"$PASS\" | sha256sum | cut -c1-64)\"; \
+                  echo \"key=$(printf %s \"$TLS_KEY\" | head -n 1)\"; \
                   echo \"wrapper-vars=$(env | grep -c '^VAULTSYNC_')\"; sleep 3600";
     let env = json!([
         {"name": "DB", "value": "db@azurekeyvault"},
         {"name": "PASS", "value": "creds@azurekeyvault?pass"},
+        {"name": "TLS_KEY", "value": "web@azurekeyvault?tls.key"},
     ]);
     let mut app = pod("akv", annotations, Some(vec!["/bin/sh", "-c", script]), env);
     let hosts = json!([{"ip": host_ip, "hostnames": ["team-a.vault.azure.net"]}]);
@@ -619,6 +645,10 @@ async fn an_injected_pod_reads_key_vault_as_its_own_service_account() {
         logs.lines().any(|l| l == format!("pass={}", sha256(&pass))),
         "the multi-key-value secret's key:\n{logs}"
     );
+    assert!(
+        logs.lines().any(|l| l == "key=-----BEGIN PRIVATE KEY-----"),
+        "a certificate's key by ?tls.key:\n{logs}"
+    );
     assert!(logs.lines().any(|l| l == "wrapper-vars=0"), "{logs}");
     assert!(
         !logs.contains(&db) && !logs.contains(&pass),
@@ -637,4 +667,34 @@ async fn an_injected_pod_reads_key_vault_as_its_own_service_account() {
         );
     }
     let _ = pods.delete("akv", &DeleteParams::default()).await;
+
+    // What the pod's identity may not read stops the container, and says why.
+    let env = json!([{"name": "DB", "value": "other@azurekeyvault"}]);
+    let mut denied = pod(
+        "denied",
+        json!({"vaultsync.dev/inject": "true"}),
+        Some(vec!["/bin/true"]),
+        env,
+    );
+    let hosts = json!([{"ip": host_ip, "hostnames": ["team-b.vault.azure.net"]}]);
+    denied.spec.as_mut().unwrap().host_aliases = Some(serde_json::from_value(hosts).unwrap());
+    pods.create(&PostParams::default(), &denied)
+        .await
+        .expect("admitted");
+    let logs = common::wait_until(Duration::from_secs(90), "the wrapper's refusal", || async {
+        let params = kube::api::LogParams {
+            container: Some("app".into()),
+            ..Default::default()
+        };
+        pods.logs("denied", &params)
+            .await
+            .ok()
+            .filter(|l| l.contains("vaultsync env:"))
+    })
+    .await;
+    assert!(
+        logs.contains("Key Vault refused") && logs.contains(&client_id),
+        "{logs}"
+    );
+    let _ = pods.delete("denied", &DeleteParams::default()).await;
 }
