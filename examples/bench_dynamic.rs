@@ -611,7 +611,8 @@ struct Snapshot {
     ready: HashMap<String, bool>,
     reasons: BTreeMap<String, usize>,
     /// status.nextRefreshTime - status.lastSyncTime of each resource: the delay the
-    /// operator scheduled after its last reconcile.
+    /// operator scheduled at its last status write. Status is written only with news: here
+    /// the last renewal or re-issue that changed the lease.
     scheduled: Vec<f64>,
 }
 

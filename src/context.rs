@@ -72,6 +72,12 @@ impl Context {
         attempt
     }
 
+    /// Whether a reconcile of `obj` failed since its last success.
+    pub fn failed_since_success<K: SyncedResource>(&self, obj: &K) -> bool {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.contains_key(&Self::key(obj))
+    }
+
     pub fn reset_backoff<K: SyncedResource>(&self, obj: &K) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         failures.remove(&Self::key(obj));

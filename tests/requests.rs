@@ -213,7 +213,7 @@ async fn success_applies_a_whole_status_without_the_pending_lease() {
         expires_at,
         next_refresh: Duration::from_secs(60),
         data_hmac: "hmac-sha256:new".into(),
-        data_changed: true,
+        after_failure: false,
     };
     let (result, seen) = tokio::join!(
         status::report_success(&obj, &ctx, &before, &synced),
@@ -242,6 +242,48 @@ async fn success_applies_a_whole_status_without_the_pending_lease() {
         conditions[0]["lastTransitionTime"], "2026-01-01T00:00:00Z",
         "Ready stays True: the transition time is kept"
     );
+}
+
+#[tokio::test]
+async fn a_success_that_brings_no_news_sends_nothing() {
+    let (ctx, _server) = context();
+    let current = lease("database/creds/app/current");
+    let synced = status::Synced {
+        secret_name: "db",
+        version: "current",
+        lease: Some(&current),
+        expires_at: current.expires_at,
+        next_refresh: Duration::from_secs(60),
+        data_hmac: "hmac-sha256:old".into(),
+        after_failure: false,
+    };
+    // The status the last sync wrote, as the apiserver stores it.
+    let written =
+        status::success_status(&SyncStatus::default(), Some(3), &synced, Timestamp::now());
+    let recorded: SyncStatus =
+        serde_json::from_value(serde_json::to_value(&written).expect("json")).expect("status");
+    let obj = resource(Some(&recorded), &[FINALIZER]);
+    // Nothing answers: a request would wait until the timeout.
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        status::report_success(&obj, &ctx, &recorded, &synced),
+    )
+    .await
+    .expect("no request: only the sync times would have moved")
+    .expect("report_success");
+
+    // After a failure the cached status may lag a Ready=False the apiserver holds: written.
+    let (ctx, mut server) = context();
+    let synced = status::Synced {
+        after_failure: true,
+        ..synced
+    };
+    let (result, seen) = tokio::join!(
+        status::report_success(&obj, &ctx, &recorded, &synced),
+        server.answer(200, serde_json::to_value(&obj).expect("obj")),
+    );
+    result.expect("report_success");
+    assert_server_side_apply(&seen, STATUS_PATH);
 }
 
 #[tokio::test]

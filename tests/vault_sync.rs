@@ -146,11 +146,17 @@ async fn kv_v2_keys_version_pin_and_template() {
     ] {
         assert!(!status[field].is_null(), "status.{field} is set");
     }
+    assert_eq!(
+        e2e::ready_condition(&status).map(|c| c["message"].clone()),
+        Some(json!("Secret all holds version 2"))
+    );
+    // A first sync is routine: Ready says it, and no Event does.
+    let events = e2e::events(&client, &ns).await;
     assert!(
-        e2e::events(&client, &ns)
-            .await
+        !events
             .iter()
-            .any(|e| e.starts_with("SecretSynced"))
+            .any(|e| e.starts_with("SecretSynced") || e.starts_with("SecretRotated")),
+        "{events:?}"
     );
     assert_no_leak(&client, &ns, &op, &[&old, &new]).await;
 }
@@ -275,6 +281,86 @@ async fn rotation_restarts_workloads_and_refreshes_do_not_write() {
         }
     })
     .await;
+    assert_no_leak(&client, &ns, &op, &[&first, &second]).await;
+}
+
+/// Refreshes that find nothing new write nothing at all: not the Secret, and not the
+/// status (the expiry mark of a 1 h ttl does not move within the window), though the
+/// source is read every second. The next version then writes both, with an Event.
+#[tokio::test]
+async fn refreshes_without_news_write_neither_the_secret_nor_the_status() {
+    let (client, ns) = setup("e2e-quiet").await;
+    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let root = root_vault();
+    let (first, second) = (canary("first"), canary("second"));
+    let path = format!("{ns}/app");
+    vaultrs::kv2::set(&root, "secret", &path, &json!({"password": first}))
+        .await
+        .expect("seed");
+    let op = Operator::start(&ns, "").await;
+    apply(
+        &client,
+        &ns,
+        &vault_secret(
+            "app",
+            &role,
+            &format!("kv: {{mount: secret, path: {path}}}"),
+            "  refreshInterval: 1s\n  ttl: 1h\n",
+        ),
+    )
+    .await;
+    let copy = wait_secret(&client, &ns, "app", "the first copy", |s| {
+        value(s, "password").as_deref() == Some(first.as_str())
+    })
+    .await;
+    let status = wait_ready(&client, &ns, "VaultSecret", "app", "True", "Synced").await;
+    let resources = e2e::vault_secrets(&client, &ns);
+    let written = resources.get("app").await.expect("get the resource");
+
+    // Four seconds of refreshes, each reading OpenBao and finding version 1 again.
+    let syncs_before = op.present_metric(SYNCED).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let syncs = op.present_metric(SYNCED).await - syncs_before;
+    assert!(syncs >= 3.0, "refreshes happened ({syncs})");
+    let now = resources.get("app").await.expect("get the resource");
+    assert_eq!(
+        now.metadata.resource_version, written.metadata.resource_version,
+        "{syncs} refreshes without news wrote no status: {:?} then {:?}",
+        status, now.data["status"]
+    );
+    let unchanged = secret(&client, &ns, "app").await.expect("the copy");
+    assert_eq!(
+        unchanged.metadata.resource_version, copy.metadata.resource_version,
+        "nor the Secret"
+    );
+
+    // A new version is news: the Secret, the status and an Event.
+    vaultrs::kv2::set(&root, "secret", &path, &json!({"password": second}))
+        .await
+        .expect("rotate");
+    wait_secret(&client, &ns, "app", "the rotated copy", |s| {
+        value(s, "password").as_deref() == Some(second.as_str())
+    })
+    .await;
+    let status = common::wait_until(Duration::from_secs(15), "status to show version 2", || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            let status = e2e::status(&client, &ns, "VaultSecret", "app").await;
+            (status["sourceVersion"] == "2").then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(
+        e2e::ready_condition(&status).map(|c| c["message"].clone()),
+        Some(json!("Secret app holds version 2"))
+    );
+    let events = e2e::events(&client, &ns).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("SecretRotated: updated Secret app to version 2")),
+        "{events:?}"
+    );
     assert_no_leak(&client, &ns, &op, &[&first, &second]).await;
 }
 

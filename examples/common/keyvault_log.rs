@@ -159,6 +159,29 @@ pub fn traffic(
     t
 }
 
+/// How many distinct objects of `vault` were read successfully (GET, 200) from `from` to
+/// `to`, among the requests `keep` accepts: `/secrets/<name>[/<version>]` counts `<name>`.
+pub fn objects_read(
+    lines: &[KvLine],
+    vault: &str,
+    from: Timestamp,
+    to: Timestamp,
+    keep: impl Fn(&KvLine) -> bool,
+) -> usize {
+    lines
+        .iter()
+        .filter(|l| l.at >= from && l.at <= to && l.vault == vault && l.status == 200)
+        .filter(|l| l.method == "GET" && keep(l))
+        .filter_map(|l| {
+            let rest = l.path.split('?').next()?.strip_prefix('/')?;
+            let mut parts = rest.split('/');
+            let collection = parts.next()?;
+            Some((collection.to_string(), parts.next()?.to_string()))
+        })
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
 /// Most of the sorted `times` in any one-second sliding window.
 fn peak_per_sec(times: &[Timestamp]) -> usize {
     let mut peak = 0;

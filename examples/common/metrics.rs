@@ -156,6 +156,29 @@ pub async fn apiserver_writes(client: &Client) -> anyhow::Result<BTreeMap<String
     ))
 }
 
+/// OpenBao's own metrics (`/v1/sys/metrics`: every client of the server, not only the
+/// operator); `None` when they cannot be read.
+pub async fn openbao(addr: &str, token: &str) -> Option<Samples> {
+    let text = reqwest::Client::new()
+        .get(format!("{addr}/v1/sys/metrics?format=prometheus"))
+        .header("X-Vault-Token", token)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(Samples::parse(&text))
+}
+
+/// Reads OpenBao served under `mount` (KV data and metadata), by its own count.
+pub fn openbao_reads(samples: &Samples, mount: &str) -> f64 {
+    samples.sum(&format!("vault_route_read_{mount}__count"), |_| true)
+}
+
 /// The operator's figures of interest, from its metrics. The backend requests are those
 /// of one backend (`azure`, `vault`) or, with `None`, of all.
 #[derive(Clone, Copy, Default)]

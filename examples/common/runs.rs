@@ -1,7 +1,7 @@
 //! The two runs the benches measure on their resources: a cold start and one refresh
 //! cycle.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -10,7 +10,7 @@ use kube::Client;
 use super::Operator;
 use super::metrics::{OpFigures, Samples, apiserver_writes, delta};
 use super::operator::ProcStats;
-use super::watch::{Watch, Writes};
+use super::watch::{Seen, Watch, Writes};
 
 /// A cold start: from the operator's start (`t0`, every resource already applied) until
 /// all were Ready, the operator exited or the time ran out.
@@ -94,16 +94,21 @@ impl ColdStart {
     }
 }
 
-/// One refresh cycle of unchanged data: from its start until the status.lastSyncTime of
-/// every resource has moved past its value at the start.
+/// One refresh cycle of unchanged data. A refresh that finds nothing new writes neither
+/// the Secret nor the status, so the cycle is not seen in the resources: it starts when
+/// the wait starts and ends when every resource was due (the latest status.nextRefreshTime
+/// seen at the start has passed) and the operator counts at least one successful sync of
+/// `kind` per resource since the start. The figures that judge the cycle come from
+/// elsewhere: the backend's own request counts (the caller's), the apiserver's write
+/// counters and the bench's watches.
 pub struct Cycle {
     /// How long it took; `None` if it did not complete in time.
     pub done: Option<Duration>,
-    /// Resources whose lastSyncTime had not moved when the wait ended.
-    pub left: usize,
-    /// lastSyncTime moves in the window, and the resources that moved more than once.
-    pub refreshes: u64,
-    pub twice: usize,
+    /// The resources of the cycle, and when the last of them was due.
+    pub objects: usize,
+    pub due: Option<Timestamp>,
+    /// Successful syncs of `kind` the operator counted in the window: refreshes.
+    pub refreshes: f64,
     /// What the window added: operator figures (requests of `backend`), apiserver writes
     /// (all clients), writes seen by the watch, operator CPU seconds.
     pub figures: OpFigures,
@@ -114,79 +119,103 @@ pub struct Cycle {
     pub to: Timestamp,
 }
 
+/// Successful syncs of `kind` the operator counted.
+fn synced(samples: &Samples, kind: &str) -> f64 {
+    samples.sum("vaultsync_syncs_total", |l| {
+        l.get("kind").is_some_and(|k| k == kind) && l.get("result").is_some_and(|r| r == "Synced")
+    })
+}
+
 impl Cycle {
-    /// Waits up to `timeout` for one cycle of the resources `keep` accepts.
+    /// Waits up to `timeout` for one cycle of the resources `keep` accepts, of kind `kind`
+    /// (the operator's label: `VaultSecret`, `AzureKeyVaultSecret`).
     pub async fn wait(
         client: &Client,
         op: &mut Operator,
         watch: &Watch,
         keep: impl Fn(&str) -> bool,
+        kind: &str,
         backend: Option<&str>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let before = OpFigures::from(&op.metrics().await, backend);
+        let start = op.metrics().await;
+        let before = OpFigures::from(&start, backend);
+        let synced_before = synced(&start, kind);
         let proc_before = op.stats();
         let writes_before = apiserver_writes(client).await?;
-        let (bench_before, marks) = {
+        let (bench_before, objects, due) = {
             let state = watch.state();
-            let marks: HashMap<String, (Option<Timestamp>, u64)> = state
+            let kept: Vec<&Seen> = state
                 .objects
                 .iter()
                 .filter(|(k, _)| keep(k))
-                .map(|(k, s)| (k.clone(), (s.last_sync, s.sync_moves)))
+                .map(|(_, s)| s)
                 .collect();
-            (state.writes, marks)
+            let due = kept.iter().filter_map(|s| s.next_refresh).max();
+            (state.writes, kept.len(), due)
         };
         let t1 = Instant::now();
         let from = Timestamp::now();
         let mut done = None;
-        let mut left = marks.len();
+        let mut refreshes = 0.0;
         while t1.elapsed() < timeout && op.alive() {
-            left = watch
-                .state()
-                .objects
-                .iter()
-                .filter(|(k, s)| marks.get(*k).is_some_and(|(mark, _)| s.last_sync <= *mark))
-                .count();
-            if left == 0 {
-                done = Some(t1.elapsed());
-                break;
+            // The clock first, so that the operator's metrics are not scraped (which costs
+            // it CPU) before every resource was due.
+            if due.is_none_or(|due| Timestamp::now() >= due) {
+                refreshes = synced(&op.metrics().await, kind) - synced_before;
+                if refreshes >= objects as f64 {
+                    done = Some(t1.elapsed());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let after = OpFigures::from(&op.metrics().await, backend);
+        let end = op.metrics().await;
+        let after = OpFigures::from(&end, backend);
+        refreshes = refreshes.max(synced(&end, kind) - synced_before);
         let proc_after = op.stats();
         let writes_after = apiserver_writes(client).await?;
         let to = Timestamp::now();
-        let state = watch.state();
-        let mut refreshes = 0;
-        let mut twice = 0;
-        for (k, (_, moves)) in &marks {
-            let n = state.objects.get(k).map_or(0, |s| s.sync_moves - moves);
-            refreshes += n;
-            if n > 1 {
-                twice += 1;
-            }
-        }
+        let bench = watch.state().writes.minus(bench_before);
         Ok(Self {
             done,
-            left,
+            objects,
+            due,
             refreshes,
-            twice,
             figures: after.minus(before),
             apiserver_writes: delta(&writes_after, &writes_before),
-            bench: state.writes.minus(bench_before),
+            bench,
             cpu: proc_after.cpu_seconds - proc_before.cpu_seconds,
             from,
             to,
         })
     }
 
-    /// "<s> s", or how many were left.
+    /// "<s> s", or what was missing.
     pub fn describe(&self) -> String {
-        self.done.map_or_else(
-            || format!("incomplete: {} left", self.left),
-            |d| format!("{:.1} s", d.as_secs_f64()),
-        )
+        match self.done {
+            Some(d) => format!("{:.1} s", d.as_secs_f64()),
+            None if self.due.is_some_and(|due| self.to < due) => {
+                "incomplete: not all were due yet".to_string()
+            }
+            None => format!(
+                "incomplete: {} of {} refreshes",
+                self.refreshes, self.objects
+            ),
+        }
+    }
+
+    /// Writes of the status subresource of `resource` (the plural, such as
+    /// `vaultsecrets`) in the window, by every client, as the apiserver counts them.
+    pub fn status_writes(&self, resource: &str) -> f64 {
+        let suffix = format!(" {resource}/status");
+        self.apiserver_writes
+            .iter()
+            .filter(|(k, _)| k.ends_with(&suffix))
+            .map(|(_, v)| v)
+            .sum::<f64>()
+            + 0.0
     }
 }

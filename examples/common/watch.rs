@@ -1,7 +1,6 @@
 //! What the benches see of their own resources, whatever else the operator reconciles:
 //! watches of the resources and of the Secrets vaultsync manages for them (readiness,
-//! sync times, writes), and the two runs measured on them: a cold start and one refresh
-//! cycle.
+//! sync times, writes).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
@@ -46,10 +45,10 @@ pub struct Seen {
     pub first_ready: Option<Instant>,
     /// status.lastSyncTime when first seen Ready.
     pub first_sync: Option<Timestamp>,
-    /// The latest status.lastSyncTime.
-    pub last_sync: Option<Timestamp>,
-    /// Times status.lastSyncTime moved after it was first set: refreshes.
-    pub sync_moves: u64,
+    /// The latest status.nextRefreshTime: when the operator planned to read the source
+    /// next. Status is written only when a sync brings news, so this says when the next
+    /// refresh is due, not that it happened.
+    pub next_refresh: Option<Timestamp>,
     pub reason: String,
     resource_version: String,
 }
@@ -206,17 +205,15 @@ fn seen_resource<K: Synced>(state: &mut State, obj: &K, now: Instant, counted: f
     let status = obj.sync_status();
     let condition = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
     let last_sync = status.and_then(|s| s.last_sync_time.as_ref()).map(|t| t.0);
+    let next_refresh = status
+        .and_then(|s| s.next_refresh_time.as_ref())
+        .map(|t| t.0);
     let ready = condition.is_some_and(|c| c.status == "True");
     let entry = state.objects.entry(key).or_default();
     let changed = !entry.resource_version.is_empty() && entry.resource_version != rv;
     entry.resource_version = rv;
     entry.reason = condition.map(|c| c.reason.clone()).unwrap_or_default();
-    if let (Some(old), Some(new)) = (entry.last_sync, last_sync)
-        && new > old
-    {
-        entry.sync_moves += 1;
-    }
-    entry.last_sync = last_sync.or(entry.last_sync);
+    entry.next_refresh = next_refresh.or(entry.next_refresh);
     if ready && entry.first_ready.is_none() {
         entry.first_ready = Some(now);
         entry.first_sync = last_sync;

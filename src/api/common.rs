@@ -197,13 +197,17 @@ pub struct SyncStatus {
     /// Name of the managed Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
-    /// When the source was last read successfully.
+    /// When the status last recorded a successful read that brought news: a new version,
+    /// a moved expiry mark, a new or renewed lease, or a new spec generation. Refreshes
+    /// that find nothing new do not write status, so this does not move at every refresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
     /// When the managed Secret expires and is deleted unless a refresh succeeds first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
-    /// When the operator will next read the source.
+    /// When the operator planned, at the time of `lastSyncTime`, to read the source next.
+    /// Later refreshes that find nothing new reschedule without writing status, so this
+    /// may lie in the past.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_refresh_time: Option<Time>,
     /// Version of the source that the Secret holds (KV version, Key Vault object version,

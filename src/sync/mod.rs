@@ -138,8 +138,11 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
     let name = secret_name(obj, &target);
     // Ownership first: a Secret someone else owns is never read further or touched.
     let existing = apply::existing_secret(obj, ctx, &name).await?;
+    // The status as last seen: the watch cache's copy for static sources (lease decisions
+    // read the apiserver's). The cache can lag the operator's own writes: a lagging
+    // success costs one write more, and after a failure the success is always written.
     let cached = obj.status().cloned().unwrap_or_default();
-    let recorded =
+    let mut recorded =
         if K::Backend::issues(&request) || cached.lease.is_some() || cached.pending_lease.is_some()
         {
             status::fresh(obj, ctx).await?
@@ -203,9 +206,13 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
             };
             if let Some(new) = &fresh.lease {
                 let hmac = data_hmac(&ctx.hmac_key, &desired.type_, &desired.data);
-                if let Err(e) = status::record_pending(obj, ctx, &recorded, new, &hmac).await {
-                    release_unused(obj, ctx, &request, Some(new)).await;
-                    return Err(e);
+                match status::record_pending(obj, ctx, &recorded, new, &hmac).await {
+                    // What the apiserver now holds, for the success write to clear.
+                    Ok(pending) => recorded = pending,
+                    Err(e) => {
+                        release_unused(obj, ctx, &request, Some(new)).await;
+                        return Err(e);
+                    }
                 }
                 if replaced.is_some() {
                     failpoint::hit("recorded");
@@ -297,7 +304,7 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
             expires_at: plan.expires_at,
             next_refresh: plan.next_refresh,
             data_hmac: data_hmac(&ctx.hmac_key, &desired.type_, &desired.data),
-            data_changed: plan.event.is_some(),
+            after_failure: ctx.failed_since_success(obj),
         },
     )
     .await?;

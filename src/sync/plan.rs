@@ -59,7 +59,8 @@ pub struct Plan {
     pub annotations: BTreeMap<String, String>,
     /// The `expires-at` mark.
     pub expires_at: Timestamp,
-    /// `SecretSynced` or `SecretRotated`, with its note.
+    /// `SecretRotated` with its note, when the data of an existing Secret changed; a new
+    /// Secret has none.
     pub event: Option<(&'static str, String)>,
     /// Restart the rollout targets (the data of an existing Secret changed).
     pub restart: bool,
@@ -132,24 +133,15 @@ pub fn plan(existing: Option<&Secret>, desired: &DesiredSecret, inputs: &Inputs<
         .cloned()
         .collect();
     let created = existing.is_none();
-    let event = (!data_same).then(|| {
-        if created {
-            (
-                "SecretSynced",
-                format!(
-                    "created Secret {} from version {}",
-                    desired.name, inputs.version
-                ),
-            )
-        } else {
-            (
-                "SecretRotated",
-                format!(
-                    "updated Secret {} to version {}",
-                    desired.name, inputs.version
-                ),
-            )
-        }
+    // A first write needs no Event: the Ready condition says it. Changed data does.
+    let event = (!data_same && !created).then(|| {
+        (
+            "SecretRotated",
+            format!(
+                "updated Secret {} to version {}",
+                desired.name, inputs.version
+            ),
+        )
     });
     let next_refresh = next_refresh(
         &RefreshInputs {
@@ -242,10 +234,10 @@ mod tests {
     }
 
     #[test]
-    fn a_new_secret_is_written_with_an_event_and_no_restart() {
+    fn a_new_secret_is_written_without_an_event_or_a_restart() {
         let p = plan(None, &desired("a", &[]), &inputs());
         assert_eq!(p.write, Some(Write::Data));
-        assert_eq!(p.event.map(|e| e.0), Some("SecretSynced"));
+        assert_eq!(p.event, None, "the Ready condition says it");
         assert!(!p.restart && !p.replace);
         assert_eq!(p.labels[MANAGED_BY_LABEL], MANAGED_BY_VALUE);
         assert_eq!(p.annotations[SOURCE_VERSION], "3");
@@ -309,6 +301,7 @@ mod tests {
         let p = plan(Some(&old), &d, &inputs());
         assert!(p.replace);
         assert_eq!(p.write, Some(Write::Data));
+        assert_eq!(p.event.map(|e| e.0), Some("SecretRotated"));
         assert!(p.strip_keys.is_empty());
     }
 

@@ -3,7 +3,9 @@
 //!
 //! Success and a pending lease are written with server-side apply of the whole status;
 //! a failure only merges the condition in, so it can never roll back the lease fields
-//! with an older copy of the status.
+//! with an older copy of the status. A success that says nothing the recorded status
+//! does not already say (only `lastSyncTime` and `nextRefreshTime` would move) is not
+//! written at all.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -27,8 +29,9 @@ pub struct Synced<'a> {
     pub expires_at: Timestamp,
     pub next_refresh: std::time::Duration,
     pub data_hmac: String,
-    /// The data differed from what the Secret held before.
-    pub data_changed: bool,
+    /// A reconcile failed since the last success: the status may say so in a write the
+    /// watch cache has not shown yet, so this one is written whatever the cache says.
+    pub after_failure: bool,
 }
 
 /// The `Ready` condition with `status`, keeping the transition time when unchanged.
@@ -113,42 +116,44 @@ pub async fn fresh<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<SyncStat
         .unwrap_or_default())
 }
 
-/// Records a new lease as pending before the Secret is written.
+/// Records a new lease as pending before the Secret is written; returns the status
+/// written.
 pub async fn record_pending<K: SyncedResource>(
     obj: &K,
     ctx: &Context,
     base: &SyncStatus,
     lease: &Lease,
     data_hmac: &str,
-) -> Result<()> {
+) -> Result<SyncStatus> {
     let mut status = base.clone();
     status.pending_lease = Some(PendingLease {
         lease: lease_status(lease),
         data_hmac: Some(data_hmac.to_string()),
     });
-    apply(obj, ctx, &status).await
+    apply(obj, ctx, &status).await?;
+    Ok(status)
 }
 
-pub async fn report_success<K: SyncedResource>(
-    obj: &K,
-    ctx: &Context,
+/// The status a successful sync at `now` records. The Ready message names the version,
+/// not what this sync did, so a refresh that finds the same version says the same thing.
+pub fn success_status(
     previous: &SyncStatus,
+    generation: Option<i64>,
     synced: &Synced<'_>,
-) -> Result<()> {
-    let now = Timestamp::now();
-    let generation = obj.meta().generation;
+    now: Timestamp,
+) -> SyncStatus {
     let next = now
         .saturating_add(jiff::SignedDuration::try_from(synced.next_refresh).unwrap_or_default())
         .unwrap_or(now);
-    let message = if synced.data_changed {
+    let message = if synced.version.is_empty() {
+        format!("Secret {} is in sync", synced.secret_name)
+    } else {
         format!(
             "Secret {} holds version {}",
             synced.secret_name, synced.version
         )
-    } else {
-        format!("Secret {} is up to date", synced.secret_name)
     };
-    let status = SyncStatus {
+    SyncStatus {
         conditions: vec![ready(Some(previous), generation, true, "Synced", message)],
         observed_generation: generation,
         secret_name: Some(synced.secret_name.to_string()),
@@ -159,7 +164,43 @@ pub async fn report_success<K: SyncedResource>(
         lease: synced.lease.map(lease_status),
         pending_lease: None,
         data_hmac: Some(synced.data_hmac.clone()),
-    };
+    }
+}
+
+/// Whether `new` says anything `recorded` does not, compared as the apiserver stores them
+/// (timestamps to the second): everything but `lastSyncTime`, `nextRefreshTime` and the
+/// conditions' `lastTransitionTime` counts, so a new version, expiry mark, lease, pending
+/// lease, HMAC, Secret name, generation or condition is news, and a field added later
+/// counts too.
+pub fn carries_news(recorded: &SyncStatus, new: &SyncStatus) -> bool {
+    fn gist(status: &SyncStatus) -> serde_json::Result<serde_json::Value> {
+        let mut status = status.clone();
+        status.last_sync_time = None;
+        status.next_refresh_time = None;
+        for condition in &mut status.conditions {
+            condition.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+        }
+        serde_json::to_value(&status)
+    }
+    match (gist(recorded), gist(new)) {
+        (Ok(before), Ok(after)) => before != after,
+        // Not expected; when in doubt, write.
+        _ => true,
+    }
+}
+
+/// Records a success, unless `recorded` (the status as last seen, possibly from the watch
+/// cache) already says all it would and no failure came in between.
+pub async fn report_success<K: SyncedResource>(
+    obj: &K,
+    ctx: &Context,
+    recorded: &SyncStatus,
+    synced: &Synced<'_>,
+) -> Result<()> {
+    let status = success_status(recorded, obj.meta().generation, synced, Timestamp::now());
+    if !synced.after_failure && !carries_news(recorded, &status) {
+        return Ok(());
+    }
     apply(obj, ctx, &status).await
 }
 
@@ -191,4 +232,166 @@ pub async fn report_failure<K: SyncedResource>(
         json!({"conditions": [condition], "observedGeneration": generation}),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn ts(text: &str) -> Timestamp {
+        text.parse().expect("timestamp")
+    }
+
+    fn lease(expires_at: &str) -> Lease {
+        Lease {
+            id: "database/creds/app/abc".into(),
+            duration: Duration::from_secs(3600),
+            renewable: true,
+            expires_at: ts(expires_at),
+        }
+    }
+
+    fn synced<'a>(version: &'a str, lease: Option<&'a Lease>) -> Synced<'a> {
+        Synced {
+            secret_name: "db",
+            version,
+            lease,
+            expires_at: ts("2026-06-01T15:00:00Z"),
+            next_refresh: Duration::from_secs(1800),
+            data_hmac: "hmac-sha256:aa".into(),
+            after_failure: false,
+        }
+    }
+
+    /// `status` as the apiserver stores it and the watch hands it back.
+    fn stored(status: &SyncStatus) -> SyncStatus {
+        serde_json::from_value(serde_json::to_value(status).expect("to json")).expect("from json")
+    }
+
+    /// The status after the first sync at 12:00, as stored.
+    fn first(synced: &Synced<'_>) -> SyncStatus {
+        stored(&success_status(
+            &SyncStatus::default(),
+            Some(1),
+            synced,
+            ts("2026-06-01T12:00:00.250Z"),
+        ))
+    }
+
+    const LATER: &str = "2026-06-01T12:30:07.900Z";
+
+    #[test]
+    fn a_refresh_that_finds_nothing_new_is_not_news() {
+        let lease = lease("2026-06-01T13:00:00.731Z");
+        for s in [
+            synced("3", None),
+            synced("", None),
+            synced("abc", Some(&lease)),
+        ] {
+            let recorded = first(&s);
+            let again = success_status(&recorded, Some(1), &s, ts(LATER));
+            assert_ne!(again.last_sync_time, recorded.last_sync_time);
+            assert_ne!(again.next_refresh_time, recorded.next_refresh_time);
+            assert!(!carries_news(&recorded, &again), "{again:?}");
+        }
+    }
+
+    #[test]
+    fn the_ready_message_names_the_version_not_the_event() {
+        let status = success_status(
+            &SyncStatus::default(),
+            Some(1),
+            &synced("3", None),
+            ts(LATER),
+        );
+        assert_eq!(status.conditions[0].message, "Secret db holds version 3");
+        let status = success_status(
+            &SyncStatus::default(),
+            Some(1),
+            &synced("", None),
+            ts(LATER),
+        );
+        assert_eq!(status.conditions[0].message, "Secret db is in sync");
+        assert_eq!(status.source_version, None);
+    }
+
+    #[test]
+    fn anything_but_the_sync_times_is_news() {
+        let renewed = lease("2026-06-01T14:00:00Z");
+        let old_lease = lease("2026-06-01T13:00:00Z");
+        let base = synced("3", Some(&old_lease));
+        let recorded = first(&base);
+        let news = |s: &Synced<'_>, generation: Option<i64>| {
+            carries_news(
+                &recorded,
+                &success_status(&recorded, generation, s, ts(LATER)),
+            )
+        };
+        assert!(
+            news(&synced("4", Some(&old_lease)), Some(1)),
+            "a new version"
+        );
+        assert!(news(&base, Some(2)), "a new generation");
+        assert!(
+            news(&synced("3", Some(&renewed)), Some(1)),
+            "a renewed lease"
+        );
+        assert!(news(&synced("3", None), Some(1)), "a lease gone");
+        let moved = Synced {
+            expires_at: ts("2026-06-01T16:30:00Z"),
+            ..synced("3", Some(&old_lease))
+        };
+        assert!(news(&moved, Some(1)), "a moved expiry mark");
+        let rehashed = Synced {
+            data_hmac: "hmac-sha256:bb".into(),
+            ..synced("3", Some(&old_lease))
+        };
+        assert!(news(&rehashed, Some(1)), "new data");
+        let renamed = Synced {
+            secret_name: "db2",
+            ..synced("3", Some(&old_lease))
+        };
+        assert!(news(&renamed, Some(1)), "another Secret");
+        // Within the second the apiserver stores, an expiry is the same.
+        let same_second = Synced {
+            expires_at: ts("2026-06-01T15:00:00.600Z"),
+            ..synced("3", Some(&old_lease))
+        };
+        assert!(!news(&same_second, Some(1)));
+    }
+
+    #[test]
+    fn what_the_recorded_status_lacks_or_has_in_excess_is_news() {
+        let s = synced("3", None);
+        let fresh = |recorded: &SyncStatus| success_status(recorded, Some(1), &s, ts(LATER));
+        let nothing = SyncStatus::default();
+        assert!(carries_news(&nothing, &fresh(&nothing)), "no status yet");
+
+        let mut pending = first(&s);
+        pending.pending_lease = Some(PendingLease {
+            lease: lease_status(&lease("2026-06-01T13:00:00Z")),
+            data_hmac: Some("hmac-sha256:cc".into()),
+        });
+        assert!(
+            carries_news(&pending, &fresh(&pending)),
+            "a pending lease to clear"
+        );
+
+        let mut failed = first(&s);
+        failed.conditions[0].status = "False".into();
+        failed.conditions[0].reason = "BackendUnavailable".into();
+        failed.conditions[0].message = "OpenBao did not answer".into();
+        assert!(
+            carries_news(&failed, &fresh(&failed)),
+            "Ready turns True again"
+        );
+
+        let mut older = first(&s);
+        older.conditions[0].observed_generation = Some(0);
+        assert!(
+            carries_news(&older, &fresh(&older)),
+            "the condition's generation"
+        );
+    }
 }
