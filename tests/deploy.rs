@@ -81,6 +81,13 @@ const ALLOWED: &[(&str, &str, &[&str], &str)] = &[
         "tenants' short-lived tokens for Vault's Kubernetes auth",
     ),
     (
+        "",
+        "serviceaccounts",
+        &["get"],
+        "the app registration a service account is annotated with (Azure workload \
+         identity, and pods injected with @azurekeyvault references)",
+    ),
+    (
         "authorization.k8s.io",
         "subjectaccessreviews",
         &["create"],
