@@ -17,6 +17,11 @@ use crate::sync::{SyncedResource, secret_name, timing};
 
 /// Resolves, fetches and renders `obj`. Returns the desired Secret and the source version.
 pub async fn check<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<(DesiredSecret, String)> {
+    if !obj.writes_secret() {
+        return Err(Error::InvalidSpec(
+            "no spec.output: this resource writes no Secret, it serves pod injection only (NAME@azurekeyvault); add spec.output.secret to check a sync".into(),
+        ));
+    }
     timing(obj, ctx)?;
     let backend = K::backend(ctx);
     let request = backend.resolve(&obj.namespace().unwrap_or_default(), obj.source())?;

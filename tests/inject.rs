@@ -586,6 +586,17 @@ async fn an_injected_pod_reads_key_vault_as_its_own_service_account() {
     );
     let (_op, _registered) = injecting_operator_with(&client, &ns, &azure).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    // Without an output the resources write nothing, and say so.
+    let status = e2e::wait_ready(
+        &client,
+        &ns,
+        "AzureKeyVaultSecret",
+        "db",
+        "True",
+        "InjectionOnly",
+    )
+    .await;
+    assert!(status.to_string().contains("db@azurekeyvault"), "{status}");
 
     // Refusals at admission: an unknown resource, a malformed reference.
     let annotations = json!({"vaultsync.dev/inject": "true"});

@@ -40,7 +40,10 @@ pub struct AzureKeyVaultSecretSpec {
     /// The Key Vault, how to authenticate, and the object to read.
     pub vault: AzureVault,
 
-    /// The Secret to write, and transforms applied to single values first.
+    /// The Secret to write, and transforms applied to single values first. Without
+    /// `output.secret` (and `output.configMap`) nothing is written: the resource serves pod
+    /// injection only (`NAME@azurekeyvault` in an opted-in pod of this namespace), as
+    /// akv2k8s' env-injector resources do, and reports `Ready=True`, reason `InjectionOnly`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<AzureOutput>,
 

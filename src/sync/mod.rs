@@ -58,6 +58,11 @@ pub trait SyncedResource:
     fn renewal_percent(&self) -> u8 {
         67
     }
+    /// Whether the resource asks for a Secret at all (an AzureKeyVaultSecret without
+    /// `output` serves pod injection only).
+    fn writes_secret(&self) -> bool {
+        true
+    }
 }
 
 /// Durations a resource asks for, with the operator's defaults and limits applied.
@@ -126,6 +131,10 @@ pub async fn reconcile<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Acti
 }
 
 async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Action> {
+    if !obj.writes_secret() {
+        status::report_injection_only(obj, ctx).await?;
+        return Ok(Action::await_change());
+    }
     let timing = timing(obj, ctx)?;
     let backend = K::backend(ctx);
     let request = backend.resolve(&obj.namespace().unwrap_or_default(), obj.source())?;

@@ -204,6 +204,31 @@ pub async fn report_success<K: SyncedResource>(
     apply(obj, ctx, &status).await
 }
 
+/// Records that the resource writes nothing (an AzureKeyVaultSecret without `output`, read
+/// only by pod injection): `Ready=True`, reason `InjectionOnly`, written once per generation.
+pub async fn report_injection_only<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<()> {
+    const REASON: &str = "InjectionOnly";
+    let previous = obj.status();
+    let generation = obj.meta().generation;
+    let current = previous
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.reason == REASON && c.observed_generation == generation);
+    if current {
+        return Ok(());
+    }
+    let message = format!(
+        "no spec.output: no Secret is written; pods of this namespace read it by injection ({}@azurekeyvault)",
+        obj.name_any()
+    );
+    let condition = ready(previous, generation, true, REASON, message);
+    merge(
+        obj,
+        ctx,
+        json!({"conditions": [condition], "observedGeneration": generation}),
+    )
+    .await
+}
+
 /// Records a failure: `Ready=False` with the reason for this generation, everything else
 /// as it is, and a `SyncFailed` Event when the condition changes.
 pub async fn report_failure<K: SyncedResource>(

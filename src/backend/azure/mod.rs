@@ -344,6 +344,14 @@ impl SyncedResource for AzureKeyVaultSecret {
         &self.spec
     }
 
+    fn writes_secret(&self) -> bool {
+        // akv2k8s: a resource without an output is read by the env-injector only.
+        self.spec
+            .output
+            .as_ref()
+            .is_some_and(|o| o.secret.is_some() || o.config_map.is_some())
+    }
+
     fn target(&self) -> SecretTarget {
         let output = self.spec.output.as_ref().and_then(|o| o.secret.as_ref());
         let mut target = output.map(|o| o.secret.clone()).unwrap_or_default();
