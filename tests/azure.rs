@@ -939,3 +939,129 @@ async fn the_default_identity_can_come_from_the_service_accounts_annotation() {
     assert_eq!(value(&s, "v").as_deref(), Some(value_.as_str()));
     assert_no_leak(&client, &ns, &op, &[&value_]).await;
 }
+
+/// akv2k8s' `output.configMap`: a certificate's chain and a key's public key land in
+/// owner-referenced ConfigMaps, never a private key; a new version rewrites the ConfigMap;
+/// a ConfigMap someone else made is never taken over; secrets are refused at admission.
+#[tokio::test]
+async fn public_material_lands_in_a_config_map_and_nothing_private_does() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let kv = kv();
+    let (client, ns) = setup("e2e-akv-cm").await;
+    let p = ns.to_string();
+    kv.import_certificate(
+        "default",
+        &format!("{p}-cert"),
+        &fixture("rsa-bundle.pem"),
+        true,
+        "application/x-pem-file",
+    )
+    .await
+    .unwrap();
+    kv.create_key("default", &format!("{p}-rsa"), "RSA", None)
+        .await
+        .unwrap();
+    let foreign: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "taken"}, "data": {"ca.crt": "theirs"}}))
+    .unwrap();
+    let config_maps: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), &ns);
+    config_maps
+        .create(&Default::default(), &foreign)
+        .await
+        .expect("a foreign ConfigMap");
+    let _op = operator(&ns, &kv, kv.port, OperatorOptions::default()).await;
+    for (name, object, cm) in [
+        (
+            "cert",
+            format!("{{name: {p}-cert, type: certificate}}"),
+            "{configMap: {name: ca-bundle, dataKey: ca.crt}}",
+        ),
+        (
+            "rsa",
+            format!("{{name: {p}-rsa, type: key}}"),
+            "{configMap: {name: signing-key, dataKey: key.pub}}",
+        ),
+        (
+            "thief",
+            format!("{{name: {p}-cert, type: certificate}}"),
+            "{configMap: {name: taken, dataKey: ca.crt}}",
+        ),
+    ] {
+        e2e::apply(&client, &ns, &akvs(name, "default", "", &object, cm, "")).await;
+    }
+    e2e::wait_ready(&client, &ns, KIND, "cert", "True", "Synced").await;
+    let bundle = config_maps
+        .get("ca-bundle")
+        .await
+        .expect("ConfigMap ca-bundle");
+    let pem = bundle
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca.crt"))
+        .expect("ca.crt")
+        .clone();
+    assert_eq!(
+        pem_blocks(&pem, "CERTIFICATE").len(),
+        pem_blocks(&fixture_text("rsa-bundle.pem"), "CERTIFICATE").len()
+    );
+    assert!(
+        !pem.contains("PRIVATE KEY"),
+        "no private key in a ConfigMap"
+    );
+    let owner = &bundle.metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        (KIND, "cert", Some(true))
+    );
+    e2e::wait_ready(&client, &ns, KIND, "rsa", "True", "Synced").await;
+    let key = config_maps
+        .get("signing-key")
+        .await
+        .expect("ConfigMap signing-key");
+    let public = key
+        .data
+        .as_ref()
+        .and_then(|d| d.get("key.pub"))
+        .expect("key.pub")
+        .clone();
+    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{public}");
+
+    // Someone else's ConfigMap stays theirs.
+    let status = e2e::wait_ready(&client, &ns, KIND, "thief", "False", "Conflict").await;
+    assert!(
+        status
+            .to_string()
+            .contains("ConfigMap taken already exists"),
+        "{status}"
+    );
+    let taken = config_maps.get("taken").await.expect("taken");
+    assert_eq!(
+        taken.data.and_then(|d| d.get("ca.crt").cloned()).as_deref(),
+        Some("theirs")
+    );
+    assert!(taken.metadata.owner_references.is_none(), "not taken over");
+
+    // A new version of the key rewrites the ConfigMap.
+    kv.create_key("default", &format!("{p}-rsa"), "RSA", None)
+        .await
+        .unwrap();
+    e2e::apply(
+        &client,
+        &ns,
+        &akvs(
+            "rsa",
+            "default",
+            "",
+            &format!("{{name: {p}-rsa, type: key}}"),
+            "{configMap: {name: signing-key, dataKey: key.pub}}",
+            "  refreshInterval: 1s\n  ttl: 10s\n",
+        ),
+    )
+    .await;
+    common::wait_until(Duration::from_secs(30), "the new public key", || async {
+        let now = config_maps.get("signing-key").await.ok()?;
+        let now = now.data?.get("key.pub")?.clone();
+        (now != public).then_some(())
+    })
+    .await;
+}

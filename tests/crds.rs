@@ -290,6 +290,22 @@ fn malformed() -> Vec<(&'static str, Value, &'static str)> {
             "output.configMap may hold only public material",
         ),
         (
+            "a ConfigMap beside a Secret",
+            azure_secret(
+                json!({"vault": {"name": "kv1", "object": {"name": "c", "type": "certificate"}},
+                "output": {"secret": {"name": "s"}, "configMap": {"name": "cm", "dataKey": "ca.crt"}}}),
+            ),
+            "set one of output.secret and output.configMap",
+        ),
+        (
+            "a ConfigMap name that is not one",
+            azure_secret(
+                json!({"vault": {"name": "kv1", "object": {"name": "c", "type": "certificate"}},
+                "output": {"configMap": {"name": "Bad_Name", "dataKey": "ca.crt"}}}),
+            ),
+            "DNS-1123 subdomain",
+        ),
+        (
             "an Azure version that is not one",
             azure_secret(
                 json!({"vault": {"name": "kv1", "object": {"name": "token", "type": "secret", "version": "latest"}}}),

@@ -88,6 +88,13 @@ const ALLOWED: &[(&str, &str, &[&str], &str)] = &[
          identity, and pods injected with @azurekeyvault references)",
     ),
     (
+        "",
+        "configmaps",
+        &["get", "create", "update"],
+        "an AzureKeyVaultSecret's output.configMap (public material): ownership check, \
+         create if absent, replace at the version read",
+    ),
+    (
         "authorization.k8s.io",
         "subjectaccessreviews",
         &["create"],
@@ -947,7 +954,7 @@ async fn operator_runs_with_the_chart_rbac(scope: &str) {
     let operator_client = client_from(&kubeconfig).await;
     assert!(
         !can(&operator_client, "list", "", "namespaces", None, None).await
-            && !can(&operator_client, "get", "", "configmaps", Some(&ns), None).await,
+            && !can(&operator_client, "list", "", "configmaps", Some(&ns), None).await,
         "the token carries only the chart's permissions"
     );
     // The chart's guardrails are in effect before the operator starts: a (dry-run) create
@@ -1274,7 +1281,7 @@ async fn namespaced_scope_grants_nothing_outside_the_listed_namespaces() {
         ("create", "events.k8s.io", "events", other, None),
         ("patch", "apps", "deployments", other, Some("api")),
         ("create", "apps", "deployments", t, None),
-        ("get", "", "configmaps", t, Some("x")),
+        ("list", "", "configmaps", t, None),
         ("list", "", "pods", t, None),
         ("list", crd, "customresourcedefinitions", None, None),
         (

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
@@ -55,13 +55,17 @@ fn guardrails(objects: &[Value]) -> BTreeMap<(String, String), Value> {
         .collect()
 }
 
-/// Checks the shape every guardrail shares: three policies, each failing closed, matching
-/// only `user`, refusing as Forbidden with a guardrail message; three bindings that deny.
+/// Checks the shape every guardrail shares: four policies, each failing closed, matching
+/// only `user`, refusing as Forbidden with a guardrail message; four bindings that deny.
 fn assert_guardrail_shape(what: &str, objects: &[Value], user: &str) {
     let policies = of_kind(objects, POLICY);
     let bindings = of_kind(objects, BINDING);
-    assert_eq!(policies.len(), 3, "{what}: tokens, workloads and secrets");
-    assert_eq!(bindings.len(), 3, "{what}: one binding per policy");
+    assert_eq!(
+        policies.len(),
+        4,
+        "{what}: tokens, workloads, secrets and configmaps"
+    );
+    assert_eq!(bindings.len(), 4, "{what}: one binding per policy");
     for policy in &policies {
         let name = name_of(policy);
         let spec = &policy["spec"];
@@ -225,6 +229,18 @@ async fn as_service_account(namespace: &str, name: &str) -> kube::Client {
 
 /// The outcome of a request: Ok, or the apiserver's (code, message).
 type Outcome = Result<(), (u16, String)>;
+
+/// An update (PUT, the verb the operator has on ConfigMaps) of ConfigMap `name` as
+/// `change` makes it.
+async fn update_config_map(
+    api: &Api<ConfigMap>,
+    name: &str,
+    change: impl FnOnce(&mut ConfigMap),
+) -> Outcome {
+    let mut cm = api.get(name).await.expect("get ConfigMap");
+    change(&mut cm);
+    outcome(api.replace(name, &PostParams::default(), &cm).await)
+}
 
 fn outcome<T>(result: Result<T, kube::Error>) -> Outcome {
     match result {
@@ -393,6 +409,15 @@ async fn the_guardrails_fence_the_operators_service_account() {
             .await
             .expect("tenant Secret");
     }
+    let admin_config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), &tenant_ns);
+    for (name, managed) in [("settings", false), ("ca", true)] {
+        let mut cm = secret(name, managed);
+        cm["data"] = json!({"k": "v"});
+        cm.as_object_mut().map(|o| o.remove("stringData"));
+        create_as(&admin_config_maps, cm)
+            .await
+            .expect("tenant ConfigMap");
+    }
     let admin_deployments: Api<Deployment> = Api::namespaced(admin.clone(), &tenant_ns);
     create_as(&admin_deployments, workload("Deployment", "api"))
         .await
@@ -403,6 +428,7 @@ async fn the_guardrails_fence_the_operators_service_account() {
         .expect("DaemonSet");
 
     let secrets: Api<Secret> = Api::namespaced(operator.clone(), &tenant_ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(operator.clone(), &tenant_ns);
     let deployments: Api<Deployment> = Api::namespaced(operator.clone(), &tenant_ns);
     let daemonsets: Api<DaemonSet> = Api::namespaced(operator.clone(), &tenant_ns);
 
@@ -426,6 +452,13 @@ async fn the_guardrails_fence_the_operators_service_account() {
             "plain",
             json!({"metadata": {"annotations": {"probe": "x"}}}),
         )
+    })
+    .await;
+
+    wait_in_effect("configmaps", || {
+        update_config_map(&config_maps, "settings", |cm| {
+            cm.metadata.annotations = Some([("probe".into(), "x".into())].into());
+        })
     })
     .await;
 
@@ -671,6 +704,53 @@ async fn the_guardrails_fence_the_operators_service_account() {
         )
         .await,
     );
+    // 4. ConfigMaps: only managed ones.
+    assert_refused(
+        "update of a ConfigMap not labelled managed-by vaultsync",
+        update_config_map(&config_maps, "settings", |cm| {
+            cm.data = Some([("k".into(), "taken".into())].into());
+        })
+        .await,
+        &format!("ConfigMap {tenant_ns}/settings is not one of them"),
+    );
+    assert_refused(
+        "update that labels a foreign ConfigMap managed-by vaultsync",
+        update_config_map(&config_maps, "settings", |cm| {
+            cm.metadata.labels =
+                Some([("app.kubernetes.io/managed-by".into(), "vaultsync".into())].into());
+        })
+        .await,
+        "is not one of them",
+    );
+    assert_allowed(
+        "update of a managed ConfigMap",
+        update_config_map(&config_maps, "ca", |cm| {
+            cm.data = Some([("k".into(), "rotated".into())].into());
+        })
+        .await,
+    );
+    assert_refused(
+        "create of an unlabelled ConfigMap",
+        create_as(
+            &config_maps,
+            json!({"metadata": {"name": "new-plain"}, "data": {"k": "v"}}),
+        )
+        .await,
+        "may write only ConfigMaps labelled app.kubernetes.io/managed-by=vaultsync",
+    );
+    assert_eq!(
+        admin_config_maps
+            .get("settings")
+            .await
+            .expect("settings")
+            .data,
+        Some(std::collections::BTreeMap::from([(
+            "k".to_string(),
+            "v".to_string()
+        )])),
+        "the foreign ConfigMap is unchanged"
+    );
+
     // What was refused did not happen.
     let plain = admin_secrets
         .get("plain")

@@ -34,6 +34,7 @@ const NON_EMPTY: &str = "self != ''";
 #[kube(printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#)]
 #[kube(printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.lastSyncTime"}"#)]
 #[kube(printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.output) || !has(self.output.configMap) || !has(self.output.secret)").message("set one of output.secret and output.configMap"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.output) || !has(self.output.configMap) || self.vault.object.type in ['certificate', 'key']").message("output.configMap may hold only public material (a certificate without its key, or a public key): anyone who can read ConfigMaps can read it; sync a secret into output.secret"))]
 #[serde(rename_all = "camelCase")]
 pub struct AzureKeyVaultSecretSpec {
@@ -41,9 +42,9 @@ pub struct AzureKeyVaultSecretSpec {
     pub vault: AzureVault,
 
     /// The Secret to write, and transforms applied to single values first. Without
-    /// `output.secret` (and `output.configMap`) nothing is written: the resource serves pod
-    /// injection only (`NAME@azurekeyvault` in an opted-in pod of this namespace), as
-    /// akv2k8s' env-injector resources do, and reports `Ready=True`, reason `InjectionOnly`.
+    /// `output` nothing is written: the resource serves pod injection only
+    /// (`NAME@azurekeyvault` in an opted-in pod of this namespace), as akv2k8s'
+    /// env-injector resources do, and reports `Ready=True`, reason `InjectionOnly`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<AzureOutput>,
 
@@ -235,21 +236,28 @@ pub struct AzureOutput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 8))]
     pub transform: Option<Vec<Transform>>,
-    /// akv2k8s' ConfigMap output. Refused at admission for private material (secrets and
-    /// multi-key-value secrets), since anyone who can read ConfigMaps could read it. For a
-    /// certificate or a key, vaultsync does not write ConfigMaps in this version and
-    /// reports `InvalidSpec`: use `output.secret`.
+    /// akv2k8s' ConfigMap output, for public material only: a certificate's chain (PEM,
+    /// never its key) or a key's public key (PEM), under `dataKey`. Refused at admission
+    /// for secrets and multi-key-value secrets, since anyone who can read ConfigMaps could
+    /// read them, and together with `secret`. The ConfigMap is owner-referenced and
+    /// labelled like a managed Secret, rewritten when the object changes, and does not
+    /// expire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<ConfigMapTarget>,
 }
 
-/// akv2k8s' ConfigMap output, accepted so old manifests validate.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// akv2k8s' ConfigMap output: the ConfigMap to write in this namespace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigMapTarget {
-    /// Name of the ConfigMap (not supported by vaultsync).
+    /// Name of the ConfigMap. A ConfigMap of that name that this resource does not own is
+    /// never overwritten (`Conflict`).
+    #[x_kube(validation = kube::core::Rule::new("size(self) <= 253 && self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("name must be a DNS-1123 subdomain (lowercase letters, digits, '-' and '.')"))]
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// Key in the ConfigMap (not supported by vaultsync).
+    /// Key in the ConfigMap that holds the PEM.
+    #[x_kube(validation = kube::core::Rule::new("size(self) <= 253 && self.matches('^[-._a-zA-Z0-9]+$')").message("dataKey must be a valid ConfigMap key: letters, digits, '-', '_' and '.'"))]
+    #[schemars(length(min = 1, max = 253))]
     pub data_key: String,
 }
 

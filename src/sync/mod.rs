@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod bounds;
+mod config_map;
 mod finalizers;
 mod lifecycle;
 pub mod plan;
@@ -62,6 +63,11 @@ pub trait SyncedResource:
     /// `output` serves pod injection only).
     fn writes_secret(&self) -> bool {
         true
+    }
+    /// The ConfigMap to write instead of a Secret, for public material
+    /// (an AzureKeyVaultSecret's `output.configMap`).
+    fn config_map(&self) -> Option<String> {
+        None
     }
 }
 
@@ -134,6 +140,9 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
     if !obj.writes_secret() {
         status::report_injection_only(obj, ctx).await?;
         return Ok(Action::await_change());
+    }
+    if let Some(name) = obj.config_map() {
+        return config_map::run(obj, ctx, &name).await;
     }
     let timing = timing(obj, ctx)?;
     let backend = K::backend(ctx);

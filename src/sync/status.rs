@@ -198,10 +198,47 @@ pub async fn report_success<K: SyncedResource>(
     synced: &Synced<'_>,
 ) -> Result<()> {
     let status = success_status(recorded, obj.meta().generation, synced, Timestamp::now());
-    if !synced.after_failure && !carries_news(recorded, &status) {
+    report(obj, ctx, recorded, status, synced.after_failure).await
+}
+
+/// Writes `status`, unless `recorded` already says all it does and no failure came in
+/// between (`after_failure`).
+pub async fn report<K: SyncedResource>(
+    obj: &K,
+    ctx: &Context,
+    recorded: &SyncStatus,
+    status: SyncStatus,
+    after_failure: bool,
+) -> Result<()> {
+    if !after_failure && !carries_news(recorded, &status) {
         return Ok(());
     }
     apply(obj, ctx, &status).await
+}
+
+/// The status of a resource whose output is ConfigMap `name`: no Secret and no expiry.
+pub fn config_map_status(
+    previous: &SyncStatus,
+    generation: Option<i64>,
+    name: &str,
+    version: &str,
+    data_hmac: String,
+    next_refresh: std::time::Duration,
+    now: Timestamp,
+) -> SyncStatus {
+    let next = now
+        .saturating_add(jiff::SignedDuration::try_from(next_refresh).unwrap_or_default())
+        .unwrap_or(now);
+    let message = format!("ConfigMap {name} holds version {version}");
+    SyncStatus {
+        conditions: vec![ready(Some(previous), generation, true, "Synced", message)],
+        observed_generation: generation,
+        last_sync_time: Some(Time(now)),
+        next_refresh_time: Some(Time(next)),
+        source_version: Some(version.to_string()).filter(|v| !v.is_empty()),
+        data_hmac: Some(data_hmac),
+        ..SyncStatus::default()
+    }
 }
 
 /// Records that the resource writes nothing (an AzureKeyVaultSecret without `output`, read

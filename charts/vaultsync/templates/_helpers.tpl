@@ -130,6 +130,11 @@ a ClusterRole with scope=cluster, a Role per watched namespace with scope=namesp
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [get]
+# akv2k8s' output.configMap (public material of AzureKeyVaultSecrets): the ownership
+# check (get), a create that fails if it exists, a replace at the version read (update).
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, update]
 # Events on the resources (src/events.rs creates one per occurrence and never updates).
 - apiGroups: [events.k8s.io]
   resources: [events]

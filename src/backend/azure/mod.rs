@@ -42,6 +42,9 @@ pub struct AzureRequest {
     /// and for multi-key-value secrets.
     pub data_key: Option<String>,
     pub chain_order: Option<ChainOrder>,
+    /// `output.configMap`'s key: the data is the public part only (a certificate's chain,
+    /// a key's public key), for a ConfigMap.
+    pub public_key: Option<String>,
 }
 
 /// The Azure backend: connections from the config and credentials per identity.
@@ -191,17 +194,26 @@ pub fn request(
         )));
     }
     let output = spec.output.clone().unwrap_or_default();
-    if output.config_map.is_some() {
-        return Err(Error::InvalidSpec(
-            "spec.output.configMap is not supported: vaultsync writes Secrets; remove it and set spec.output.secret".into(),
-        ));
-    }
+    let public_key = match &output.config_map {
+        Some(_) if output.secret.is_some() => {
+            return Err(Error::InvalidSpec(
+                "set one of spec.output.secret and spec.output.configMap".into(),
+            ));
+        }
+        Some(config_map) => {
+            material::config_map_allowed(object.type_)?;
+            Some(config_map.data_key.clone())
+        }
+        None => None,
+    };
     let target = output.secret.unwrap_or_default();
     let data_key = target.data_key.clone();
     let tls = target.secret.type_.as_deref() == Some(TLS)
         || (object.type_ == AzureObjectType::Certificate && data_key.is_none());
     match object.type_ {
-        AzureObjectType::Secret | AzureObjectType::Key if data_key.is_none() => {
+        AzureObjectType::Secret | AzureObjectType::Key
+            if data_key.is_none() && public_key.is_none() =>
+        {
             return Err(Error::InvalidSpec(
                 "spec.output.secret.dataKey is required for a secret or key object: it names the Secret key the value is written under".into(),
             ));
@@ -235,6 +247,7 @@ pub fn request(
         transforms: output.transform.unwrap_or_default(),
         data_key: if tls { None } else { data_key },
         chain_order: target.chain_order,
+        public_key,
     })
 }
 
@@ -263,8 +276,12 @@ pub async fn read(
         .map_err(|e| Error::unavailable(format!("decoding what Key Vault returned failed: {e}")))?
 }
 
-/// Pure: what was read becomes the Secret's data, as the request asks.
+/// Pure: what was read becomes the Secret's data, as the request asks; for a ConfigMap,
+/// its public part only.
 fn shape(request: &AzureRequest, read: &Read) -> Result<Fresh> {
+    if let Some(key) = &request.public_key {
+        return shape_public(request, read, key);
+    }
     let single = |value: Vec<u8>| -> Result<BTreeMap<String, SecretValue>> {
         let value = material::apply_transforms(value, &request.transforms)?;
         let key = request.data_key.clone().unwrap_or_default();
@@ -332,6 +349,50 @@ fn shape(request: &AzureRequest, read: &Read) -> Result<Fresh> {
     })
 }
 
+/// The public part of a certificate (its chain) or key (its public key) under `key`.
+fn shape_public(request: &AzureRequest, read: &Read, key: &str) -> Result<Fresh> {
+    let (data, version, not_after) = match (request.object_type, read) {
+        (
+            AzureObjectType::Certificate,
+            Read::Secret {
+                value,
+                content_type,
+                version,
+            },
+        ) => {
+            let text = std::str::from_utf8(value.expose()).map_err(|_| {
+                Error::InvalidData(format!(
+                    "the secret of certificate {:?} is not text (base64 PKCS#12 or PEM)",
+                    request.object.name
+                ))
+            })?;
+            let cert = material::certificate(text, content_type.as_deref(), request.chain_order)?;
+            let data = material::config_map_data(material::ReadObject::Certificate(&cert), key)?;
+            (data, version, cert.not_after)
+        }
+        (AzureObjectType::Key, Read::Key { jwk, version }) => (
+            material::config_map_data(material::ReadObject::Key(jwk), key)?,
+            version,
+            None,
+        ),
+        _ => {
+            material::config_map_allowed(request.object_type)?;
+            return Err(Error::unavailable(
+                "Key Vault returned a different kind of object than was asked for",
+            ));
+        }
+    };
+    Ok(Fresh {
+        data: data
+            .into_iter()
+            .map(|(k, v)| (k, SecretValue::new(v.into_bytes())))
+            .collect(),
+        version: version.clone(),
+        lease: None,
+        not_after,
+    })
+}
+
 impl SyncedResource for AzureKeyVaultSecret {
     const KIND: &'static str = "AzureKeyVaultSecret";
     type Backend = AzureBackend;
@@ -344,12 +405,18 @@ impl SyncedResource for AzureKeyVaultSecret {
         &self.spec
     }
 
+    fn config_map(&self) -> Option<String> {
+        let output = self.spec.output.as_ref()?;
+        output
+            .config_map
+            .as_ref()
+            .filter(|_| output.secret.is_none())
+            .map(|c| c.name.clone())
+    }
+
     fn writes_secret(&self) -> bool {
         // akv2k8s: a resource without an output is read by the env-injector only.
-        self.spec
-            .output
-            .as_ref()
-            .is_some_and(|o| o.secret.is_some() || o.config_map.is_some())
+        self.spec.output.is_some()
     }
 
     fn target(&self) -> SecretTarget {
