@@ -160,6 +160,18 @@ pub fn azure_references(spec: &AzureKeyVaultSecretSpec, config: &Config) -> Vec<
             ));
         }
     }
+    if let Some(config_map) = spec.output.as_ref().and_then(|o| o.config_map.as_ref()) {
+        // A ConfigMap its writer could not create (a name another release will need, a
+        // CA bundle a workload mounts): the operator does not create it either.
+        refs.push(Reference {
+            field: "spec.output.configMap.name",
+            verb: "create",
+            group: "",
+            resource: "configmaps",
+            subresource: None,
+            name: config_map.name.clone(),
+        });
+    }
     refs.extend(restarts(&spec.policy));
     refs
 }
@@ -366,5 +378,21 @@ mod tests {
         );
         // Without a default auth the resource cannot sync; nothing is referenced.
         assert!(azure_references(&spec, &Config::parse("{}").expect("config")).is_empty());
+    }
+
+    #[test]
+    fn a_config_map_output_needs_its_writer_to_create_config_maps() {
+        let spec: AzureKeyVaultSecretSpec = serde_json::from_value(serde_json::json!({
+            "vault": {"name": "kv", "object": {"name": "c", "type": "certificate"},
+                      "auth": {"workloadIdentity": {"serviceAccountName": "app", "clientId": "c"}}},
+            "output": {"configMap": {"name": "ca-bundle", "dataKey": "ca.crt"}}
+        }))
+        .expect("spec");
+        let refs = azure_references(&spec, &Config::parse("{}").expect("config"));
+        let described: Vec<String> = refs.iter().map(Reference::describe).collect();
+        assert!(
+            described.contains(&"create configmaps \"ca-bundle\"".to_string()),
+            "{described:?}"
+        );
     }
 }

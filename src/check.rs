@@ -17,6 +17,11 @@ use crate::sync::{SyncedResource, secret_name, timing};
 
 /// Resolves, fetches and renders `obj`. Returns the desired Secret and the source version.
 pub async fn check<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<(DesiredSecret, String)> {
+    if let Some(name) = obj.config_map() {
+        return Err(Error::InvalidSpec(format!(
+            "this resource writes ConfigMap {name} (public material), not a Secret: vaultsync check covers Secret outputs"
+        )));
+    }
     if !obj.writes_secret() {
         return Err(Error::InvalidSpec(
             "no spec.output: this resource writes no Secret, it serves pod injection only (NAME@azurekeyvault); add spec.output.secret to check a sync".into(),

@@ -678,6 +678,23 @@ fn webhook_certificate(dir: &std::path::Path) -> (String, String, String) {
     (read("ca.crt"), read("tls.crt"), read("tls.key"))
 }
 
+/// The path from directory `from` to `to`, both resolved to their real paths.
+fn relative(from: &std::path::Path, to: &std::path::Path) -> std::path::PathBuf {
+    let from = from.canonicalize().expect("real path");
+    let to = to.canonicalize().expect("real path");
+    let common = from
+        .components()
+        .zip(to.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut path = std::path::PathBuf::new();
+    for _ in from.components().skip(common) {
+        path.push("..");
+    }
+    path.extend(to.components().skip(common));
+    path
+}
+
 /// An overlay of config/default as a user without cert-manager writes it: the operator
 /// image from the node, the environment's Vault connection watching `app_ns` only, the
 /// webhook's certificate as a Secret instead of cert-manager's Issuer and Certificate, and
@@ -700,11 +717,18 @@ fn overlay(app_ns: &str) -> std::path::PathBuf {
         )
     };
     let ns = ", namespace: vaultsync-system";
+    // Relative, as kustomize wants, between the real paths: target/ may be a symlink
+    // (a shared build cache), and kustomize resolves symlinks first.
+    let base = relative(
+        &dir,
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default"),
+    );
     let mut k = format!(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../../../config/default\n  - webhook-tls.yaml\n\
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\n  - webhook-tls.yaml\n\
          images:\n  - name: ghcr.io/vaultsync/vaultsync\n    newName: {repo}\n    newTag: {tag}\n\
          configMapGenerator:\n  - name: vaultsync-config\n    behavior: replace\n    files: [config.yaml]\n\
-         patches:\n"
+         patches:\n",
+        base.display()
     );
     k += &delete("cert-manager.io/v1", "Issuer", "vaultsync-webhook", ns);
     k += &delete("cert-manager.io/v1", "Certificate", "vaultsync-webhook", ns);

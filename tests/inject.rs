@@ -387,13 +387,13 @@ async fn an_injected_pod_sees_its_values_and_no_secret_holds_them() {
         || async { pods.create(&PostParams::default(), &app).await.ok() },
     )
     .await;
-    let logs = wait_log_line(
-        &pods,
-        "app",
-        &format!("password={}", sha256(&value)),
-        "the pod to print the value's hash",
-    )
-    .await;
+    // The script's last line, so the lines before it are in the log too.
+    let logs = wait_log_line(&pods, "app", "args=arg-one", "the pod's output").await;
+    assert!(
+        logs.lines()
+            .any(|l| l == format!("password={}", sha256(&value))),
+        "the value's hash:\n{logs}"
+    );
     assert!(
         logs.lines().any(|l| l == "wrapper-vars=0"),
         "the wrapper's variables never reach the process:\n{logs}"
@@ -508,7 +508,8 @@ async fn the_file_mode_writes_files_and_its_sidecar_follows_a_rotation() {
 #[tokio::test]
 async fn an_injected_pod_reads_key_vault_as_its_own_service_account() {
     let kv = e2e::keyvault::KeyVaultEnv::load().expect("local Key Vault");
-    let (client, ns) = e2e::setup("inject-akv").await;
+    // The namespace's Vault tenant too: one pod reads both backends.
+    let (client, ns, role, vault_value) = e2e::seeded("inject-akv", "inject-akv-vault").await;
     let host_ip = common::env("VAULTSYNC_NODE_HOST_IP", "node (tests/env/node.sh)");
     let authority = common::env("VAULTSYNC_NODE_AZURE_AUTHORITY", "node (tests/env/node.sh)");
     let (db, pass) = (canary("akv-inject-db"), canary("akv-inject-pass"));
@@ -543,15 +544,17 @@ async fn an_injected_pod_reads_key_vault_as_its_own_service_account() {
     .expect("register the app");
     kv.script(&["grant", "team-a", &client_id, "secrets=get"])
         .expect("grant");
-    let account = json!({"metadata": {"name": "app",
-        "annotations": {"azure.workload.identity/client-id": client_id}}});
+    // The tenant's service account `app` (made by `seeded`) names its app registration.
+    let annotate =
+        json!({"metadata": {"annotations": {"azure.workload.identity/client-id": client_id}}});
     Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ns)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(account).unwrap(),
+        .patch(
+            "app",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(annotate),
         )
         .await
-        .expect("service account");
+        .expect("annotate the service account");
     // Resources for injection only, as akv2k8s writes them: no output.
     for (name, object) in [
         (
@@ -620,13 +623,20 @@ async fn an_injected_pod_reads_key_vault_as_its_own_service_account() {
     let script = "echo \"db=$(printf %s \"$DB\" | sha256sum | cut -c1-64)\"; \
                   echo \"pass=$(printf %s \"$PASS\" | sha256sum | cut -c1-64)\"; \
                   echo \"key=$(printf %s \"$TLS_KEY\" | head -n 1)\"; \
+                  echo \"vault=$(printf %s \"$VAULT_PW\" | sha256sum | cut -c1-64)\"; \
                   echo \"wrapper-vars=$(env | grep -c '^VAULTSYNC_')\"; sleep 3600";
     let env = json!([
         {"name": "DB", "value": "db@azurekeyvault"},
         {"name": "PASS", "value": "creds@azurekeyvault?pass"},
         {"name": "TLS_KEY", "value": "web@azurekeyvault?tls.key"},
+        {"name": "VAULT_PW", "value": format!("vault:secret/data/{}/app#password", &*ns)},
     ]);
-    let mut app = pod("akv", annotations, Some(vec!["/bin/sh", "-c", script]), env);
+    let mut app = pod(
+        "akv",
+        opted_in(&role),
+        Some(vec!["/bin/sh", "-c", script]),
+        env,
+    );
     let hosts = json!([{"ip": host_ip, "hostnames": ["team-a.vault.azure.net"]}]);
     app.spec.as_mut().unwrap().host_aliases = Some(serde_json::from_value(hosts).unwrap());
     let stored = dry_run(&pods, &app).await.expect("admitted");
@@ -645,37 +655,41 @@ async fn an_injected_pod_reads_key_vault_as_its_own_service_account() {
         || async { pods.create(&PostParams::default(), &app).await.ok() },
     )
     .await;
-    let logs = wait_log_line(
-        &pods,
-        "akv",
-        &format!("db={}", sha256(&db)),
-        "the secret's hash",
-    )
-    .await;
+    // The last line the script prints, so every other line is in the log.
+    let logs = wait_log_line(&pods, "akv", "wrapper-vars=0", "the script's output").await;
+    assert!(
+        logs.lines().any(|l| l == format!("db={}", sha256(&db))),
+        "the secret:\n{logs}"
+    );
     assert!(
         logs.lines().any(|l| l == format!("pass={}", sha256(&pass))),
         "the multi-key-value secret's key:\n{logs}"
     );
     assert!(
+        logs.lines()
+            .any(|l| l == format!("vault={}", sha256(&vault_value))),
+        "a vault: reference beside them:\n{logs}"
+    );
+    assert!(
         logs.lines().any(|l| l == "key=-----BEGIN PRIVATE KEY-----"),
         "a certificate's key by ?tls.key:\n{logs}"
     );
-    assert!(logs.lines().any(|l| l == "wrapper-vars=0"), "{logs}");
-    assert!(
-        !logs.contains(&db) && !logs.contains(&pass),
-        "no value in the log"
-    );
+    for v in [&db, &pass, &vault_value] {
+        assert!(!logs.contains(v.as_str()), "no value in the log");
+    }
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns)
         .list(&ListParams::default())
         .await
         .expect("secrets");
     for s in &secrets.items {
         let data = serde_json::to_string(&s.data).unwrap();
-        assert!(
-            !data.contains(&db),
-            "Secret {:?} holds the value",
-            s.metadata.name
-        );
+        for v in [&db, &pass, &vault_value] {
+            assert!(
+                !data.contains(v.as_str()),
+                "Secret {:?} holds a value",
+                s.metadata.name
+            );
+        }
     }
     let _ = pods.delete("akv", &DeleteParams::default()).await;
 

@@ -52,6 +52,9 @@ pub const ENV_CACERT: &str = "VAULTSYNC_AZURE_CACERT";
 pub const ENV_OBJECTS: &str = "VAULTSYNC_AZURE_OBJECTS";
 /// The tenant annotation of Azure Workload Identity.
 const TENANT_ANNOTATION: &str = "azure.workload.identity/tenant-id";
+/// AzureKeyVaultSecrets one pod may reference: each is read from the apiserver at
+/// admission, with the operator's identity that every tenant's syncs share.
+const MAX_RESOURCES: usize = 32;
 /// The data key a single value is shaped under (the key a reference without `?KEY` reads).
 const SINGLE: &str = "value";
 
@@ -69,11 +72,15 @@ pub fn parse(var: &str, value: &str) -> Option<Result<AzureRef, String>> {
         Some((head, key)) => (head.strip_suffix(SUFFIX)?, Some(key)),
         None => (value.strip_suffix(SUFFIX)?, None),
     };
+    // A DNS-1123 subdomain, as Kubernetes names objects.
     let dns = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 253
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        let label = |l: &str| {
+            let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+            l.bytes().next().is_some_and(alnum)
+                && l.bytes().last().is_some_and(alnum)
+                && l.bytes().all(|b| alnum(b) || b == b'-')
+        };
+        s.len() <= 253 && s.split('.').all(label)
     };
     let secret_key = |s: &str| {
         !s.is_empty()
@@ -129,6 +136,12 @@ pub async fn plan(
     pod: &Value,
     names: &[String],
 ) -> Result<Vec<Value>, String> {
+    if names.len() > MAX_RESOURCES {
+        return Err(format!(
+            "the pod references {} AzureKeyVaultSecrets; at most {MAX_RESOURCES} are read at admission",
+            names.len()
+        ));
+    }
     let api: Api<AzureKeyVaultSecret> = Api::namespaced(client.clone(), namespace);
     let mut objects = BTreeMap::new();
     let mut connection: Option<String> = None;
@@ -184,19 +197,26 @@ pub async fn plan(
         .annotations
         .unwrap_or_default();
     let annotated = |key: &str| annotations.get(key).filter(|v| !v.is_empty()).cloned();
-    let client_id = annotated(CLIENT_ID_ANNOTATION)
-        .or_else(|| {
-            let d = conn.default_auth.as_ref()?;
-            (d.workload_identity.service_account_name == account)
-                .then(|| d.workload_identity.client_id.clone())?
-                .map(|c| c.replace("{namespace}", namespace))
-        })
+    // As the sync path decides (`backend::azure::auth::identity`): the connection's
+    // default identity, when it is this account and names its app registration, is the
+    // admin's mapping; otherwise the account's own annotations.
+    let default = conn
+        .default_auth
+        .as_ref()
+        .map(|d| &d.workload_identity)
+        .filter(|w| w.service_account_name == account);
+    let client_id = default
+        .and_then(|w| w.client_id.as_ref())
+        .map(|c| c.replace("{namespace}", namespace))
+        .or_else(|| annotated(CLIENT_ID_ANNOTATION))
         .ok_or_else(|| {
             format!(
                 "service account {namespace}/{account} has no {CLIENT_ID_ANNOTATION} annotation: annotate it with the client id of the app registration that trusts it"
             )
         })?;
-    let tenant = annotated(TENANT_ANNOTATION)
+    let tenant = default
+        .and_then(|w| w.tenant_id.clone())
+        .or_else(|| annotated(TENANT_ANNOTATION))
         .or_else(|| conn.tenant_id.clone())
         .ok_or_else(|| {
             format!(
@@ -405,6 +425,10 @@ mod tests {
             assert!(parse("V", plain).is_none(), "{plain}");
         }
         for bad in [
+            "-db@azurekeyvault",
+            "db.@azurekeyvault",
+            "a..b@azurekeyvault",
+            "..@azurekeyvault",
             "@azurekeyvault",
             "Db@azurekeyvault",
             "a/b@azurekeyvault",

@@ -33,6 +33,24 @@ pub const ENV_CA_BUNDLE: &str = "VAULTSYNC_CA_BUNDLE_FILE";
 pub const CA_BUNDLE: &str = "ca-certificates.crt";
 /// Every variable above starts with this; the wrapper removes all of them before exec.
 pub const ENV_PREFIX: &str = "VAULTSYNC_";
+/// Every variable the wrapper reads: the webhook sets each one.
+pub const RESERVED: [&str; 15] = [
+    ENV_VAULT_ADDR,
+    ENV_VAULT_CACERT,
+    ENV_VAULT_NAMESPACE,
+    ENV_AUTH_MOUNT,
+    ENV_ROLE,
+    ENV_TOKEN_FILE,
+    ENV_CA_BUNDLE,
+    azure::ENV_URL_TEMPLATE,
+    azure::ENV_AUTHORITY,
+    azure::ENV_TENANT,
+    azure::ENV_CLIENT_ID,
+    azure::ENV_SERVICE_ACCOUNT,
+    azure::ENV_TOKEN_FILE,
+    azure::ENV_CACERT,
+    azure::ENV_OBJECTS,
+];
 
 /// `injection` in the operator config: the mutating webhook, served beside the validating
 /// one (`admission`) at `POST /mutate-pods`.

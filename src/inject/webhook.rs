@@ -136,6 +136,13 @@ pub fn mutate(
     wrapper_env.push(
         json!({"name": ENV_CA_BUNDLE, "value": format!("{BIN_DIR}/{}", crate::inject::CA_BUNDLE)}),
     );
+    // Every variable the wrapper reads is set here, empty when unused: `env` wins over
+    // `envFrom`, so a ConfigMap the pod imports cannot add a CA or a namespace.
+    for name in crate::inject::RESERVED {
+        if !wrapper_env.iter().any(|v| v["name"] == name) {
+            wrapper_env.push(json!({"name": name, "value": ""}));
+        }
+    }
 
     let mut out = pod.clone();
     let mut injected = Vec::new();
@@ -475,6 +482,10 @@ mod tests {
         let env = c["env"].to_string();
         for want in ["https://vault.example:8200", "team-app", "\"k8s\""] {
             assert!(env.contains(want), "{want} in {env}");
+        }
+        // Every variable the wrapper reads is set, so envFrom cannot supply one.
+        for name in crate::inject::RESERVED {
+            assert!(env.contains(&format!("\"{name}\"")), "{name} in {env}");
         }
         assert_eq!(out["spec"]["initContainers"][0]["image"], "reg/vaultsync:1");
         assert!(

@@ -62,7 +62,7 @@ pub async fn run<K: SyncedResource>(obj: &K, ctx: &Context, name: &str) -> Resul
             "annotations": {SOURCE_VERSION: fresh.version},
             "ownerReferences": [{
                 "apiVersion": K::api_version(&()), "kind": K::kind(&()), "name": obj.name_any(),
-                "uid": uid, "controller": true, "blockOwnerDeletion": true,
+                "uid": uid, "controller": true,
             }],
         },
         "data": data,
