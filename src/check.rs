@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use kube::ResourceExt;
 
 use crate::api::{AzureKeyVaultSecret, VaultSecret};
-use crate::backend::{Backend, Material, Prior};
+use crate::backend::Backend;
 use crate::config::Config;
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -36,14 +36,7 @@ pub async fn check<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<(Desired
             "vaultsync check does not issue dynamic credentials or certificates; it checks sources that are read".into(),
         ));
     }
-    let prior = Prior {
-        lease: None,
-        copy_intact: false,
-        renewal_percent: obj.renewal_percent(),
-    };
-    let Material::Fresh(fresh) = backend.fetch(&request, prior).await? else {
-        return Err(Error::unavailable("the backend returned no material"));
-    };
+    let fresh = crate::sync::read_fresh(obj, ctx, &request).await?;
     let target = obj.target();
     let desired = render::render(&secret_name(obj, &target), &fresh, &target)?;
     Ok((desired, fresh.version))

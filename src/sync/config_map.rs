@@ -15,7 +15,7 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 
 use super::{SyncedResource, apply, status, timing};
-use crate::backend::{Backend, Material, Prior};
+use crate::backend::Backend;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::events::EventType;
@@ -40,14 +40,7 @@ pub async fn run<K: SyncedResource>(obj: &K, ctx: &Context, name: &str) -> Resul
             "ConfigMap {name} already exists and is not this resource's; vaultsync never overwrites a ConfigMap it does not own: choose another spec.output.configMap.name or delete that ConfigMap"
         )));
     }
-    let prior = Prior {
-        lease: None,
-        copy_intact: false,
-        renewal_percent: obj.renewal_percent(),
-    };
-    let Material::Fresh(fresh) = backend.fetch(&request, prior).await? else {
-        return Err(Error::unavailable("the backend returned no material"));
-    };
+    let fresh = crate::sync::read_fresh(obj, ctx, &request).await?;
     let mut data = BTreeMap::new();
     for (key, value) in &fresh.data {
         let text = String::from_utf8(value.expose().to_vec())

@@ -71,6 +71,24 @@ pub trait SyncedResource:
     }
 }
 
+/// Reads material that is read, not issued (no prior lease, no copy to keep): what
+/// `vaultsync check` and the ConfigMap output read.
+pub async fn read_fresh<K: SyncedResource>(
+    obj: &K,
+    ctx: &Context,
+    request: &<K::Backend as Backend>::Request,
+) -> Result<crate::backend::Fresh> {
+    let prior = Prior {
+        lease: None,
+        copy_intact: false,
+        renewal_percent: obj.renewal_percent(),
+    };
+    match K::backend(ctx).fetch(request, prior).await? {
+        Material::Fresh(fresh) => Ok(fresh),
+        Material::Unchanged { .. } => Err(Error::unavailable("the backend returned no material")),
+    }
+}
+
 /// Durations a resource asks for, with the operator's defaults and limits applied.
 pub struct Timing {
     pub refresh_interval: Duration,

@@ -316,13 +316,7 @@ fn shape(request: &AzureRequest, read: &Read) -> Result<Fresh> {
                 version,
             },
         ) => {
-            let text = std::str::from_utf8(value.expose()).map_err(|_| {
-                Error::InvalidData(format!(
-                    "the secret of certificate {:?} is not text (base64 PKCS#12 or PEM)",
-                    request.object.name
-                ))
-            })?;
-            let cert = material::certificate(text, content_type.as_deref(), request.chain_order)?;
+            let cert = certificate(request, value, content_type.as_deref())?;
             let not_after = cert.not_after;
             let data = match &request.data_key {
                 None => cert.tls_data()?,
@@ -349,6 +343,21 @@ fn shape(request: &AzureRequest, read: &Read) -> Result<Fresh> {
     })
 }
 
+/// A certificate's secret, decoded and its chain checked.
+fn certificate(
+    request: &AzureRequest,
+    value: &SecretValue,
+    content_type: Option<&str>,
+) -> Result<material::Certificate> {
+    let text = std::str::from_utf8(value.expose()).map_err(|_| {
+        Error::InvalidData(format!(
+            "the secret of certificate {:?} is not text (base64 PKCS#12 or PEM)",
+            request.object.name
+        ))
+    })?;
+    material::certificate(text, content_type, request.chain_order)
+}
+
 /// The public part of a certificate (its chain) or key (its public key) under `key`.
 fn shape_public(request: &AzureRequest, read: &Read, key: &str) -> Result<Fresh> {
     let (data, version, not_after) = match (request.object_type, read) {
@@ -360,13 +369,7 @@ fn shape_public(request: &AzureRequest, read: &Read, key: &str) -> Result<Fresh>
                 version,
             },
         ) => {
-            let text = std::str::from_utf8(value.expose()).map_err(|_| {
-                Error::InvalidData(format!(
-                    "the secret of certificate {:?} is not text (base64 PKCS#12 or PEM)",
-                    request.object.name
-                ))
-            })?;
-            let cert = material::certificate(text, content_type.as_deref(), request.chain_order)?;
+            let cert = certificate(request, value, content_type.as_deref())?;
             let data = material::config_map_data(material::ReadObject::Certificate(&cert), key)?;
             (data, version, cert.not_after)
         }
