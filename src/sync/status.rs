@@ -242,7 +242,8 @@ pub fn config_map_status(
 }
 
 /// Records that the resource writes nothing (an AzureKeyVaultSecret without `output`, read
-/// only by pod injection): `Ready=True`, reason `InjectionOnly`, written once per generation.
+/// only by pod injection): `Ready=True`, reason `InjectionOnly`, written once per
+/// generation, and nothing else (an earlier output's fields are removed).
 pub async fn report_injection_only<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<()> {
     const REASON: &str = "InjectionOnly";
     let previous = obj.status();
@@ -257,13 +258,13 @@ pub async fn report_injection_only<K: SyncedResource>(obj: &K, ctx: &Context) ->
         "no spec.output: no Secret is written; pods of this namespace read it by injection ({}@azurekeyvault)",
         obj.name_any()
     );
-    let condition = ready(previous, generation, true, REASON, message);
-    merge(
-        obj,
-        ctx,
-        json!({"conditions": [condition], "observedGeneration": generation}),
-    )
-    .await
+    // The whole status, applied: what an earlier Secret output recorded goes.
+    let status = SyncStatus {
+        conditions: vec![ready(previous, generation, true, REASON, message)],
+        observed_generation: generation,
+        ..SyncStatus::default()
+    };
+    apply(obj, ctx, &status).await
 }
 
 /// Records a failure: `Ready=False` with the reason for this generation, everything else
