@@ -34,6 +34,8 @@ pub struct Context {
     /// event with that version is the operator's own write and triggers nothing. Any
     /// other writer makes a new version, whatever field manager it claims.
     own_writes: Mutex<HashMap<(String, String), String>>,
+    /// When this process started: a restart does not re-read every settled copy at once.
+    pub started: std::time::Instant,
 }
 
 impl Context {
@@ -56,6 +58,7 @@ impl Context {
             hmac_key,
             failures: Mutex::default(),
             own_writes: Mutex::default(),
+            started: std::time::Instant::now(),
         })
     }
 

@@ -1132,3 +1132,56 @@ async fn throttling_honours_retry_after_and_keeps_the_copy() {
         .await;
     assert_no_leak(&client, &ns, &op, &[&value_]).await;
 }
+
+/// A restart reads none of the settled copies at once (they are intact and valid for
+/// longer than the postponement), writes nothing, and still syncs a new resource at once.
+#[tokio::test]
+async fn a_restart_reads_no_settled_copy_at_once() {
+    const KV_READS: &str =
+        "vaultsync_backend_requests_total{backend=\"vault\",operation=\"kv_read\",outcome=\"ok\"}";
+    let (client, ns) = setup("e2e-resume").await;
+    let role = tenant(&client, &ns, "app", &format!("{ns}/")).await;
+    let value_ = canary("resume");
+    let path = format!("{ns}/app");
+    vaultrs::kv2::set(&root_vault(), "secret", &path, &json!({"password": value_}))
+        .await
+        .expect("seed");
+    let kv = format!("kv: {{mount: secret, path: {path}}}");
+    let policy = "  refreshInterval: 30s\n  ttl: 1h\n";
+    let op = Operator::start(&ns, "").await;
+    apply(&client, &ns, &vault_secret("app", &role, &kv, policy)).await;
+    wait_ready(&client, &ns, "VaultSecret", "app", "True", "Synced").await;
+    let copy = secret(&client, &ns, "app").await.expect("the copy");
+    drop(op);
+
+    let op = Operator::start(&ns, "").await;
+    common::wait_until(
+        Duration::from_secs(30),
+        "the new process to reconcile",
+        || {
+            let op = &op;
+            async move { op.metric(SYNCED).await.filter(|n| *n >= 1.0) }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        op.metric(KV_READS).await.unwrap_or(0.0),
+        0.0,
+        "the intact, settled copy was not read again at start"
+    );
+    let after = secret(&client, &ns, "app").await.expect("the copy");
+    assert_eq!(
+        after.metadata.resource_version, copy.metadata.resource_version,
+        "no write"
+    );
+
+    // A new resource is not postponed.
+    apply(&client, &ns, &vault_secret("new", &role, &kv, policy)).await;
+    wait_secret(&client, &ns, "new", "the new resource's copy", |s| {
+        value(s, "password").as_deref() == Some(value_.as_str())
+    })
+    .await;
+    assert!(op.present_metric(KV_READS).await >= 1.0);
+    assert_no_leak(&client, &ns, &op, &[&value_]).await;
+}

@@ -202,6 +202,31 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
         copy_intact,
         "prior state"
     );
+    if !K::Backend::issues(&request)
+        && prior.lease.is_none()
+        && copy_intact
+        && settled(obj)
+        && let Some(mark) = existing.as_ref().and_then(plan::mark_of)
+        && let Some(delay) = schedule::resume_delay(
+            ctx.started.elapsed(),
+            Timestamp::now(),
+            mark,
+            timing.refresh_interval,
+            rand::random::<f64>(),
+        )
+    {
+        // Just started, and the copy is as this generation left it: read it later, spread.
+        tracing::debug!(
+            kind = K::KIND,
+            name = %obj.name_any(),
+            next_read_seconds = delay.as_secs(),
+            "resumed: the copy is intact"
+        );
+        let namespace = obj.namespace().unwrap_or_default();
+        let seconds = mark.as_millisecond() as f64 / 1000.0;
+        ctx.metrics.set_expiry(&namespace, &name, seconds);
+        return Ok(Action::requeue(delay));
+    }
     let material = backend
         .fetch(
             &request,
@@ -352,6 +377,20 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
         finalizers::remove(obj, ctx, REVOKE_FINALIZER).await?;
     }
     Ok(Action::requeue(plan.next_refresh))
+}
+
+/// Whether the resource's last sync succeeded for its current generation.
+fn settled<K: SyncedResource>(obj: &K) -> bool {
+    let generation = obj.meta().generation;
+    obj.status().is_some_and(|s| {
+        s.observed_generation == generation
+            && s.conditions.iter().any(|c| {
+                c.type_ == "Ready"
+                    && c.status == "True"
+                    && c.reason == "Synced"
+                    && c.observed_generation == generation
+            })
+    })
 }
 
 /// Releases a lease whose material will not be used; a failure is logged (the lease

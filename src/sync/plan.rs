@@ -67,7 +67,7 @@ pub struct Plan {
     pub next_refresh: Duration,
 }
 
-fn mark_of(secret: &Secret) -> Option<Timestamp> {
+pub fn mark_of(secret: &Secret) -> Option<Timestamp> {
     secret
         .annotations()
         .get(EXPIRES_AT)

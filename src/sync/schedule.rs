@@ -184,8 +184,48 @@ pub fn backoff(attempt: u32, jitter: f64, retry_after: Option<Duration>) -> Dura
     }
 }
 
+/// How long after a start a settled copy is not read again at once (see [`resume_delay`]).
+pub const RESUME_WINDOW: Duration = Duration::from_secs(30);
+
+/// After a restart (the process is younger than [`RESUME_WINDOW`]), when to read a static
+/// source whose copy is intact and settled, instead of at once: at a random point of one
+/// refresh interval after the window, so that a restart with thousands of resources reads
+/// none of them in a burst and new resources go first. Only while the copy's mark keeps
+/// it valid for another window after that read; otherwise `None` (read now).
+pub fn resume_delay(
+    uptime: Duration,
+    now: Timestamp,
+    mark: Timestamp,
+    refresh_interval: Duration,
+    jitter: f64,
+) -> Option<Duration> {
+    if uptime >= RESUME_WINDOW {
+        return None;
+    }
+    let delay = RESUME_WINDOW + refresh_interval.mul_f64(jitter.clamp(0.0, 1.0));
+    let needed = now
+        .saturating_add(signed(delay + RESUME_WINDOW))
+        .unwrap_or(Timestamp::MAX);
+    (mark >= needed).then_some(delay)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_restart_postpones_only_settled_copies_that_stay_valid() {
+        let now: Timestamp = "2026-06-01T12:00:00Z".parse().expect("ts");
+        let hour = Duration::from_secs(3600);
+        let mark = now.saturating_add(signed(3 * hour)).expect("mark");
+        let young = Duration::from_secs(2);
+        let delay = resume_delay(young, now, mark, hour, 0.5).expect("postponed");
+        assert_eq!(delay, RESUME_WINDOW + hour / 2);
+        // An older process reads as usual.
+        assert_eq!(resume_delay(RESUME_WINDOW, now, mark, hour, 0.5), None);
+        // A copy that would expire before the postponed read (and a window more) is read now.
+        let soon = now.saturating_add(signed(hour)).expect("soon");
+        assert_eq!(resume_delay(young, now, soon, hour, 0.99), None);
+    }
+
     use super::*;
 
     fn t(secs: i64) -> Timestamp {
