@@ -36,6 +36,8 @@ pub struct Context {
     own_writes: Mutex<HashMap<(String, String), String>>,
     /// When this process started: a restart does not re-read every settled copy at once.
     pub started: std::time::Instant,
+    /// The same, on the wall clock, to tell copies settled by an earlier process.
+    pub started_at: jiff::Timestamp,
 }
 
 impl Context {
@@ -59,6 +61,7 @@ impl Context {
             failures: Mutex::default(),
             own_writes: Mutex::default(),
             started: std::time::Instant::now(),
+            started_at: jiff::Timestamp::now(),
         })
     }
 

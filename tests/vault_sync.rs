@@ -1153,6 +1153,8 @@ async fn a_restart_reads_no_settled_copy_at_once() {
     wait_ready(&client, &ns, "VaultSecret", "app", "True", "Synced").await;
     let copy = secret(&client, &ns, "app").await.expect("the copy");
     drop(op);
+    // Status times are whole seconds: the new process must start a moment later to tell.
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     let op = Operator::start(&ns, "").await;
     common::wait_until(

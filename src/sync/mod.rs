@@ -205,7 +205,7 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
     if !K::Backend::issues(&request)
         && prior.lease.is_none()
         && copy_intact
-        && settled(obj)
+        && settled_before(obj, &recorded, ctx.started_at)
         && let Some(mark) = existing.as_ref().and_then(plan::mark_of)
         && let Some(delay) = schedule::resume_delay(
             ctx.started.elapsed(),
@@ -379,11 +379,20 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
     Ok(Action::requeue(plan.next_refresh))
 }
 
-/// Whether the resource's last sync succeeded for its current generation.
-fn settled<K: SyncedResource>(obj: &K) -> bool {
+/// Whether the resource's last sync succeeded for its current generation, and was
+/// recorded before `started` (by an earlier process: status times are whole seconds, so
+/// one second of margin).
+fn settled_before<K: SyncedResource>(obj: &K, recorded: &SyncStatus, started: Timestamp) -> bool {
     let generation = obj.meta().generation;
+    let earlier = started
+        .checked_sub(jiff::SignedDuration::from_secs(1))
+        .unwrap_or(started);
     obj.status().is_some_and(|s| {
-        s.observed_generation == generation
+        recorded
+            .last_sync_time
+            .as_ref()
+            .is_some_and(|t| t.0 < earlier)
+            && s.observed_generation == generation
             && s.conditions.iter().any(|c| {
                 c.type_ == "Ready"
                     && c.status == "True"
