@@ -356,16 +356,37 @@ impl Azure {
                 })?;
                 let request =
                     azure::request("injection".into(), &self.conn, self.identity.clone(), spec)?;
-                let fresh =
-                    azure::read(&self.conn, &self.metrics, &request, self.credential.clone())
-                        .await
-                        .map_err(|e| anyhow!("{}: {}{SUFFIX}: {e}", r.var, r.name))?;
+                let fresh = self
+                    .read(&request)
+                    .await
+                    .map_err(|e| anyhow!("{}: {}{SUFFIX}: {e}", r.var, r.name))?;
                 read.insert(&r.name, fresh.data);
             }
             let data = &read[r.name.as_str()];
             out.push((r.var.clone(), pick(r, data)?));
         }
         Ok(out)
+    }
+}
+
+impl Azure {
+    /// One object, with two more tries 1 s and 2 s apart when Key Vault or the network
+    /// failed in passing (a pod start should not fail on a blip); refusals are final.
+    async fn read(
+        &self,
+        request: &azure::AzureRequest,
+    ) -> crate::error::Result<crate::backend::Fresh> {
+        let mut wait = std::time::Duration::from_secs(1);
+        for _ in 0..2 {
+            match azure::read(&self.conn, &self.metrics, request, self.credential.clone()).await {
+                Err(crate::error::Error::BackendUnavailable { .. }) => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                other => return other,
+            }
+        }
+        azure::read(&self.conn, &self.metrics, request, self.credential.clone()).await
     }
 }
 
