@@ -30,10 +30,11 @@ pub fn patch_params() -> PatchParams {
     }
 }
 
-/// Whether `secret` is controlled by `obj` (a controller ownerReference with its uid).
-pub fn is_owned_by<K: Resource>(secret: &Secret, obj: &K) -> bool {
+/// Whether `object` (a Secret or ConfigMap) is controlled by `obj` (a controller
+/// ownerReference with its uid).
+pub fn is_owned_by<R: Resource, K: Resource>(object: &R, obj: &K) -> bool {
     let uid = obj.meta().uid.as_deref();
-    secret
+    object
         .owner_references()
         .iter()
         .any(|r| Some(r.uid.as_str()) == uid && r.controller == Some(true))

@@ -19,7 +19,9 @@ use crate::backend::Backend;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::events::EventType;
-use crate::ownership::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, SOURCE_VERSION, data_hmac};
+use crate::ownership::{
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, SOURCE_VERSION, data_hmac, is_owned_by,
+};
 
 /// Reads the source and writes ConfigMap `name`.
 pub async fn run<K: SyncedResource>(obj: &K, ctx: &Context, name: &str) -> Result<Action> {
@@ -31,10 +33,7 @@ pub async fn run<K: SyncedResource>(obj: &K, ctx: &Context, name: &str) -> Resul
     let existing = api.get_opt(name).await?;
     let uid = obj.meta().uid.clone().unwrap_or_default();
     if let Some(cm) = &existing
-        && !cm
-            .owner_references()
-            .iter()
-            .any(|r| r.uid == uid && r.controller == Some(true))
+        && !is_owned_by(cm, obj)
     {
         return Err(Error::Conflict(format!(
             "ConfigMap {name} already exists and is not this resource's; vaultsync never overwrites a ConfigMap it does not own: choose another spec.output.configMap.name or delete that ConfigMap"
@@ -90,8 +89,8 @@ pub async fn run<K: SyncedResource>(obj: &K, ctx: &Context, name: &str) -> Resul
             )),
             other => Error::Kube(other),
         })?;
-        if existing.is_some()
-            && existing.as_ref().and_then(|c| c.data.as_ref()) != desired.data.as_ref()
+        if let Some(old) = &existing
+            && old.data != desired.data
         {
             let note = format!("updated ConfigMap {name} to version {}", fresh.version);
             ctx.publish(obj, EventType::Normal, "ConfigMapUpdated", note)
@@ -101,13 +100,12 @@ pub async fn run<K: SyncedResource>(obj: &K, ctx: &Context, name: &str) -> Resul
     }
     let next = timing.refresh_interval;
     let recorded = obj.status().cloned().unwrap_or_default();
-    let hmac_data = fresh.data.clone();
     let status = status::config_map_status(
         &recorded,
         obj.meta().generation,
         name,
         &fresh.version,
-        data_hmac(&ctx.hmac_key, "ConfigMap", &hmac_data),
+        data_hmac(&ctx.hmac_key, "ConfigMap", &fresh.data),
         next,
         now,
     );

@@ -276,12 +276,17 @@ pub async fn read(
         .map_err(|e| Error::unavailable(format!("decoding what Key Vault returned failed: {e}")))?
 }
 
-/// Pure: what was read becomes the Secret's data, as the request asks; for a ConfigMap,
-/// its public part only.
+/// Pure: what was read becomes the Secret's data, as the request asks; for a ConfigMap
+/// (`public_key`), a certificate's chain or a key's public key only.
 fn shape(request: &AzureRequest, read: &Read) -> Result<Fresh> {
-    if let Some(key) = &request.public_key {
-        return shape_public(request, read, key);
-    }
+    // A ConfigMap's data: the public part only (resolve allows it for these two types).
+    let public =
+        |object: material::ReadObject<'_>, key: &str| -> Result<BTreeMap<String, SecretValue>> {
+            Ok(material::config_map_data(object, key)?
+                .into_iter()
+                .map(|(k, v)| (k, SecretValue::new(v.into_bytes())))
+                .collect())
+        };
     let single = |value: Vec<u8>| -> Result<BTreeMap<String, SecretValue>> {
         let value = material::apply_transforms(value, &request.transforms)?;
         let key = request.data_key.clone().unwrap_or_default();
@@ -317,18 +322,20 @@ fn shape(request: &AzureRequest, read: &Read) -> Result<Fresh> {
             },
         ) => {
             let cert = certificate(request, value, content_type.as_deref())?;
-            let not_after = cert.not_after;
-            let data = match &request.data_key {
-                None => cert.tls_data()?,
-                Some(key) => BTreeMap::from([(key.clone(), cert.pem_bundle())]),
+            let data = match (&request.public_key, &request.data_key) {
+                (Some(key), _) => public(material::ReadObject::Certificate(&cert), key)?,
+                (None, None) => cert.tls_data()?,
+                (None, Some(key)) => BTreeMap::from([(key.clone(), cert.pem_bundle())]),
             };
-            (data, version, not_after)
+            (data, version, cert.not_after)
         }
-        (AzureObjectType::Key, Read::Key { jwk, version }) => (
-            single(material::public_key_pem(jwk)?.into_bytes())?,
-            version,
-            None,
-        ),
+        (AzureObjectType::Key, Read::Key { jwk, version }) => {
+            let data = match &request.public_key {
+                Some(key) => public(material::ReadObject::Key(jwk), key)?,
+                None => single(material::public_key_pem(jwk)?.into_bytes())?,
+            };
+            (data, version, None)
+        }
         _ => {
             return Err(Error::unavailable(
                 "Key Vault returned a different kind of object than was asked for",
@@ -356,44 +363,6 @@ fn certificate(
         ))
     })?;
     material::certificate(text, content_type, request.chain_order)
-}
-
-/// The public part of a certificate (its chain) or key (its public key) under `key`.
-fn shape_public(request: &AzureRequest, read: &Read, key: &str) -> Result<Fresh> {
-    let (data, version, not_after) = match (request.object_type, read) {
-        (
-            AzureObjectType::Certificate,
-            Read::Secret {
-                value,
-                content_type,
-                version,
-            },
-        ) => {
-            let cert = certificate(request, value, content_type.as_deref())?;
-            let data = material::config_map_data(material::ReadObject::Certificate(&cert), key)?;
-            (data, version, cert.not_after)
-        }
-        (AzureObjectType::Key, Read::Key { jwk, version }) => (
-            material::config_map_data(material::ReadObject::Key(jwk), key)?,
-            version,
-            None,
-        ),
-        _ => {
-            material::config_map_allowed(request.object_type)?;
-            return Err(Error::unavailable(
-                "Key Vault returned a different kind of object than was asked for",
-            ));
-        }
-    };
-    Ok(Fresh {
-        data: data
-            .into_iter()
-            .map(|(k, v)| (k, SecretValue::new(v.into_bytes())))
-            .collect(),
-        version: version.clone(),
-        lease: None,
-        not_after,
-    })
 }
 
 impl SyncedResource for AzureKeyVaultSecret {
