@@ -188,7 +188,11 @@ import_images() {
     ctr_ images import --snapshotter overlayfs "$tar" >>"$STATE/import.log" 2>&1 ||
       die node "ctr images import $tar failed; see $STATE/import.log and $CTRD/containerd.log"
   done
-  ctr_ images ls -q | grep -qx "$PAUSE_IMAGE" ||
+  # Listed first, then searched: `grep -q` stopping early would break ctr's pipe, which
+  # pipefail reports as a failure even when the image is there.
+  local images
+  images=$(ctr_ images ls -q)
+  grep -qx "$PAUSE_IMAGE" <<<"$images" ||
     die node "$PAUSE_IMAGE is not in containerd after the import; see $STATE/import.log"
 }
 
