@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::Client;
 use kube::api::Api;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
@@ -72,6 +73,45 @@ fn last_written_by_operator(secret: &PartialObjectMeta<Secret>) -> bool {
         .filter(|f| f.time.is_some())
         .max_by_key(|f| f.time.as_ref().map(|t| t.0))
         .is_some_and(|latest| latest.manager.as_deref() == Some(MANAGER))
+}
+
+/// The last-applied annotation `kubectl apply` keeps: a copy of the whole manifest.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Trims a cached resource to what the operator reads: the managed fields (a tree per
+/// writer) and kubectl's last-applied copy of the manifest are most of an object's
+/// size in memory and nothing here uses them.
+fn trim_resource<K: SyncedResource>(obj: &mut DeserializeGuard<K>) {
+    let meta = match &mut obj.0 {
+        Ok(valid) => valid.meta_mut(),
+        Err(invalid) => &mut invalid.metadata,
+    };
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// Trims a cached Secret's metadata to what the drift filter reads: of the managed
+/// fields, only the latest writer's name and time.
+fn trim_secret(secret: &mut PartialObjectMeta<Secret>) {
+    let meta = &mut secret.metadata;
+    let latest = meta
+        .managed_fields
+        .take()
+        .into_iter()
+        .flatten()
+        .filter(|f| f.time.is_some())
+        .max_by_key(|f| f.time.as_ref().map(|t| t.0))
+        .map(|f| ManagedFieldsEntry {
+            manager: f.manager,
+            time: f.time,
+            ..ManagedFieldsEntry::default()
+        });
+    meta.managed_fields = latest.map(|f| vec![f]);
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
 }
 
 fn managed_secrets_config() -> watcher::Config {
@@ -138,6 +178,7 @@ fn controller_for<K: SyncedResource>(
     let own = ctx.clone();
     let secret_events = watcher(secrets, managed_secrets_config())
         .default_backoff()
+        .modify(trim_secret)
         .reflect(writer)
         .filter_map(move |event| {
             let is_own = |secret: &PartialObjectMeta<Secret>, deleted: bool| {
@@ -168,6 +209,7 @@ fn controller_for<K: SyncedResource>(
     let object_events = crate::triggers::spec_changes(
         watcher(objects, watcher::Config::default().any_semantic())
             .default_backoff()
+            .modify(trim_resource::<K>)
             .reflect(object_writer),
     );
     resources.push(object_reader.clone());

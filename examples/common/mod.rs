@@ -7,6 +7,7 @@
 
 pub mod keyvault_log;
 pub mod metrics;
+pub mod probe;
 pub mod report;
 pub mod runs;
 pub mod setup;

@@ -120,7 +120,7 @@ pub struct Cycle {
 }
 
 /// Successful syncs of `kind` the operator counted.
-fn synced(samples: &Samples, kind: &str) -> f64 {
+pub fn synced(samples: &Samples, kind: &str) -> f64 {
     samples.sum("vaultsync_syncs_total", |l| {
         l.get("kind").is_some_and(|k| k == kind) && l.get("result").is_some_and(|r| r == "Synced")
     })

@@ -103,6 +103,9 @@ pub struct ProcStats {
     pub cpu_seconds: f64,
     pub hwm_kib: u64,
     pub rss_kib: u64,
+    /// Of the RSS: anonymous memory (heap, stacks) and file pages (the binary's code).
+    pub rss_anon_kib: u64,
+    pub rss_file_kib: u64,
 }
 
 const CLK_TCK: f64 = 100.0;
@@ -323,6 +326,10 @@ impl OperatorProcess {
                     stats.hwm_kib = kib();
                 } else if line.starts_with("VmRSS:") {
                     stats.rss_kib = kib();
+                } else if line.starts_with("RssAnon:") {
+                    stats.rss_anon_kib = kib();
+                } else if line.starts_with("RssFile:") {
+                    stats.rss_file_kib = kib();
                 }
             }
         }
