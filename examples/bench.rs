@@ -3,7 +3,8 @@
 //!
 //! Scenario: 1000 VaultSecrets over 50 namespaces (`bench-0` .. `bench-49`, 20 each),
 //! each reading its own KV v2 secret as its namespace's tenant (Kubernetes auth, service
-//! account `app`, one OpenBao role and policy per namespace).
+//! account `app`, one OpenBao role and policy per namespace). `make bench-10k`
+//! (VAULTSYNC_BENCH_RESOURCES=10000) runs 10,000 over 500 namespaces.
 //!
 //! 1. Cold start: every CR is applied *before* the operator starts; the clock starts when
 //!    the operator process is spawned and stops when a watch has seen all 1000 with
@@ -15,6 +16,13 @@
 //!    was due (status.nextRefreshTime as written at the cold start has passed) and the
 //!    operator's `vaultsync_syncs_total` counts a sync per object. OpenBao's own metrics
 //!    count the reads of the window, and the apiserver's the status writes (target 0).
+//!
+//! 3. Probes: while the resources refresh, a new resource and a spec change, each timed
+//!    from the apply until its generation is synced (target 2 s).
+//! 4. Restart: the operator is stopped and a new process started over the synced
+//!    resources; for 30 s, OpenBao reads, Secret writes, TokenRequests and workload
+//!    patches are counted (target 0 each), and the time until it has scheduled every
+//!    resource (a sync counted for each; target 30 s).
 //!
 //! Apiserver writes come from the kube-apiserver's own `/metrics`, so they include every
 //! client (the operator, OpenBao's TokenReviews, kube-controller-manager, and any test
@@ -53,7 +61,12 @@ const NS_PREFIX: &str = "bench-";
 const PER_NAMESPACE: usize = 20;
 const CONCURRENCY: usize = 32;
 const OPERATOR_CONCURRENCY: usize = 32;
-const REFRESH: &str = "20s";
+/// The refresh interval: 20 s at 1,000 resources (50 reads a second in the steady
+/// state), and as many reads a second at larger scales, within the default client-side
+/// limit of 200 requests a second to OpenBao.
+fn refresh_interval() -> String {
+    format!("{}s", (total() / 50).max(20))
+}
 const TTL: &str = "3h";
 const LABEL: &str = "vaultsync.dev/bench";
 const FIELD_MANAGER: &str = "vaultsync-bench";
@@ -97,7 +110,7 @@ fn cold_start_timeout() -> Duration {
 }
 
 fn cycle_timeout() -> Duration {
-    Duration::from_secs((total() as u64 / 50).max(90))
+    Duration::from_secs((total() as u64 / 50 * 3).max(90))
 }
 
 fn ns_name(n: usize) -> String {
@@ -155,7 +168,7 @@ fn manifest(n: usize, i: usize) -> serde_json::Value {
                 "auth": {"kubernetes": {"role": format!("{ns}-app"), "serviceAccountName": "app"}},
                 "kv": {"mount": "secret", "path": kv_path(n, i)},
             },
-            "refreshInterval": REFRESH,
+            "refreshInterval": refresh_interval(),
             "ttl": TTL,
         }
     })
@@ -472,7 +485,10 @@ async fn main() -> anyhow::Result<()> {
     let mut steady = None;
     let mut steady_bao_reads = None;
     if cold_start.ready_at.is_some() {
-        eprintln!("bench: waiting for one refresh cycle (refreshInterval {REFRESH}, ttl {TTL})");
+        eprintln!(
+            "bench: waiting for one refresh cycle (refreshInterval {}, ttl {TTL})",
+            refresh_interval()
+        );
         let reads_before = openbao_kv_reads().await;
         let cycle = Cycle::wait(&client, &mut op, &watch, all, KIND, None, cycle_timeout()).await?;
         steady_bao_reads = reads_before
@@ -560,11 +576,22 @@ async fn main() -> anyhow::Result<()> {
         cold_logins.is_some_and(|n| n <= namespaces),
     );
     let cold_writes = delta(&writes_1, &writes_0);
-    let cold_total: f64 = cold_writes.values().sum();
+    report.row(
+        "apiserver writes, all clients",
+        format!("{}", cold_writes.values().sum::<f64>()),
+    );
+    // Other components' heartbeats (Leases, the node's status) tick with time, not with
+    // the resources; everything else any client wrote counts.
+    let heartbeat = |k: &str| k.ends_with(" leases") || k.ends_with(" nodes/status");
+    let cold_total: f64 = cold_writes
+        .iter()
+        .filter(|(k, _)| !heartbeat(k))
+        .map(|(_, v)| v)
+        .sum();
     let cold_per_object = cold_total / total as f64;
     report.check_if(
-        "apiserver writes, all clients",
-        format!("{cold_total} ({cold_per_object:.2}/obj)"),
+        "  without other components' heartbeats",
+        format!("{cold_total} ({cold_per_object:.3}/obj)"),
         &format!("<= {TARGET_COLD_WRITES_PER_OBJECT}/obj"),
         cold_per_object <= TARGET_COLD_WRITES_PER_OBJECT,
         foreign_start == 0,
@@ -609,7 +636,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(cycle) = &steady {
         let (figures, bench) = (&cycle.figures, &cycle.bench);
         report.section(&format!(
-            "steady state: one refresh cycle of unchanged data (refreshInterval {REFRESH}, ttl {TTL})"
+            "steady state: one refresh cycle of unchanged data (refreshInterval {}, ttl {TTL})",
+            refresh_interval()
         ));
         report.row("cycle (all due, a sync each counted)", cycle.describe());
         report.row(

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::events::{EventSink, EventType};
 use crate::metrics::Metrics;
 use crate::sync::SyncedResource;
+use crate::sync::lanes::Lanes;
 
 /// Name of the Secret, in the operator's namespace, holding the key of `status.dataHmac`.
 pub const HMAC_KEY_SECRET: &str = "vaultsync-hmac-key";
@@ -38,6 +39,8 @@ pub struct Context {
     pub started: std::time::Instant,
     /// The same, on the wall clock, to tell copies settled by an earlier process.
     pub started_at: jiff::Timestamp,
+    /// Routine refreshes give way to first syncs, spec changes and repairs.
+    pub lanes: Lanes,
 }
 
 impl Context {
@@ -50,6 +53,7 @@ impl Context {
         let vault = VaultBackend::new(client.clone(), &config, metrics.clone())?;
         let azure = AzureBackend::new(client.clone(), &config, metrics.clone())?;
         let events = EventSink::new(client.clone());
+        let lanes = Lanes::new(usize::from(config.defaults.concurrency));
         Ok(Self {
             client,
             config,
@@ -62,6 +66,7 @@ impl Context {
             own_writes: Mutex::default(),
             started: std::time::Instant::now(),
             started_at: jiff::Timestamp::now(),
+            lanes,
         })
     }
 

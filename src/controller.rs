@@ -192,11 +192,32 @@ fn controller_for<K: SyncedResource>(
                 // compares the data with status.dataHmac in any case.
                 .unwrap_or_else(|| last_written_by_operator(secret))
             };
+            // Someone else's change: the owner's next reconcile is a repair, ahead of
+            // routine refreshes.
+            let repair = |secret: &PartialObjectMeta<Secret>| {
+                let owner = secret
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .find(|o| o.controller == Some(true) && o.kind == K::kind(&()));
+                if let Some(owner) = owner {
+                    own.lanes.mark_urgent(
+                        K::KIND,
+                        secret.metadata.namespace.as_deref().unwrap_or_default(),
+                        &owner.name,
+                    );
+                }
+            };
             future::ready(match event {
                 Ok(watcher::Event::Apply(secret)) if is_own(&secret, false) => None,
-                Ok(watcher::Event::Apply(secret)) => Some(Ok(secret)),
+                Ok(watcher::Event::Apply(secret)) => {
+                    repair(&secret);
+                    Some(Ok(secret))
+                }
                 Ok(watcher::Event::Delete(secret)) => {
                     is_own(&secret, true);
+                    repair(&secret);
                     Some(Ok(secret))
                 }
                 Ok(_) => None,

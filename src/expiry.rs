@@ -50,6 +50,17 @@ fn vaultsync_owner<'a>(
         .filter(|r| r.api_version.starts_with("vaultsync.dev/") && owners.contains(&r.uid))
 }
 
+/// Whether `secret`'s expires-at mark is at or before `now`.
+fn mark_passed(secret: &PartialObjectMeta<Secret>, now: Timestamp) -> bool {
+    secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(EXPIRES_AT))
+        .and_then(|v| v.parse::<Timestamp>().ok())
+        .is_some_and(|mark| mark <= now)
+}
+
 /// Pure: the Secrets among `secrets` whose mark is at or before `now` and that a
 /// vaultsync resource among `owners` controls.
 pub fn expired<'a>(
@@ -59,15 +70,8 @@ pub fn expired<'a>(
 ) -> Vec<Expired> {
     secrets
         .into_iter()
+        .filter(|s| mark_passed(s, now))
         .filter(|s| vaultsync_owner(s, owners).is_some())
-        .filter(|s| {
-            s.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(EXPIRES_AT))
-                .and_then(|v| v.parse::<Timestamp>().ok())
-                .is_some_and(|mark| mark <= now)
-        })
         .map(|s| {
             let namespace = s.metadata.namespace.clone().unwrap_or_default();
             let owner = vaultsync_owner(s, owners).map(|r| ObjectReference {
@@ -101,8 +105,18 @@ pub async fn run_collector(
         let all: Vec<Arc<PartialObjectMeta<Secret>>> =
             stores.iter().flat_map(|s| s.state()).collect();
         ctx.metrics.managed_secrets.set(all.len() as i64);
+        // The owners' uids are gathered only when a mark has passed: at 10,000 Secrets
+        // that is 10,000 strings a pass saved.
+        let due: Vec<&PartialObjectMeta<Secret>> = all
+            .iter()
+            .map(|s| s.as_ref())
+            .filter(|s| mark_passed(s, now))
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
         let known: HashSet<String> = owners.iter().flat_map(|o| o()).collect();
-        for gone in expired(all.iter().map(|s| s.as_ref()), &known, now) {
+        for gone in expired(due, &known, now) {
             delete(&ctx, gone).await;
         }
     }

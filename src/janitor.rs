@@ -41,11 +41,9 @@ pub async fn sweep<K: SyncedResource>(
     ctx: &Context,
     stores: &[Store<DeserializeGuard<K>>],
 ) -> HashSet<(String, String)> {
-    let objects: Vec<K> = stores
-        .iter()
-        .flat_map(|s| s.state())
-        .filter_map(|o| o.0.as_ref().ok().cloned())
-        .collect();
+    // The cache's own objects, not copies: at 10,000 resources a copy of each is a peak.
+    let cached: Vec<Arc<DeserializeGuard<K>>> = stores.iter().flat_map(|s| s.state()).collect();
+    let objects: Vec<&K> = cached.iter().filter_map(|o| o.0.as_ref().ok()).collect();
     let backend = K::backend(ctx);
     let requests: Vec<_> = objects
         .iter()
@@ -61,13 +59,14 @@ pub async fn sweep<K: SyncedResource>(
         .map(|o| (o.namespace().unwrap_or_default(), o.name_any()))
         .collect();
     ctx.retain_backoff::<K>(&resources);
+    ctx.lanes.retain(K::KIND, &resources);
     tracing::debug!(kind = K::KIND, live = objects.len(), "housekeeping pass");
     objects
         .iter()
         .map(|o| {
             (
                 o.namespace().unwrap_or_default(),
-                secret_name(o, &o.target()),
+                secret_name(*o, &o.target()),
             )
         })
         .collect()

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod bounds;
 mod config_map;
 mod finalizers;
+pub mod lanes;
 mod lifecycle;
 pub mod plan;
 pub mod render;
@@ -130,6 +131,14 @@ pub fn secret_name<K: SyncedResource>(obj: &K, target: &SecretTarget) -> String 
 
 /// Reconciles one resource through the whole pipeline.
 pub async fn reconcile<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Action> {
+    let namespace = obj.namespace().unwrap_or_default();
+    let _slot = match ctx
+        .lanes
+        .admit(K::KIND, &namespace, &obj.name_any(), routine(obj))
+    {
+        lanes::Admission::Go(slot) => slot,
+        lanes::Admission::Later(delay) => return Ok(Action::requeue(delay)),
+    };
     let started = Instant::now();
     let _in_flight = ctx.metrics.queue_depth.inc();
     let result = if obj.meta().deletion_timestamp.is_some() {
@@ -383,16 +392,21 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
 /// recorded before `started` (by an earlier process: status times are whole seconds, so
 /// one second of margin).
 fn settled_before<K: SyncedResource>(obj: &K, recorded: &SyncStatus, started: Timestamp) -> bool {
-    let generation = obj.meta().generation;
     let earlier = started
         .checked_sub(jiff::SignedDuration::from_secs(1))
         .unwrap_or(started);
-    obj.status().is_some_and(|s| {
-        recorded
+    generation_synced(obj)
+        && recorded
             .last_sync_time
             .as_ref()
             .is_some_and(|t| t.0 < earlier)
-            && s.observed_generation == generation
+}
+
+/// Whether the resource's last sync succeeded for its current generation.
+fn generation_synced<K: SyncedResource>(obj: &K) -> bool {
+    let generation = obj.meta().generation;
+    obj.status().is_some_and(|s| {
+        s.observed_generation == generation
             && s.conditions.iter().any(|c| {
                 c.type_ == "Ready"
                     && c.status == "True"
@@ -400,6 +414,16 @@ fn settled_before<K: SyncedResource>(obj: &K, recorded: &SyncStatus, started: Ti
                     && c.observed_generation == generation
             })
     })
+}
+
+/// Whether a reconcile would only refresh the resource: its generation is synced, it
+/// holds no lease to renew (renewals keep their time), and it is not being deleted.
+fn routine<K: SyncedResource>(obj: &K) -> bool {
+    obj.meta().deletion_timestamp.is_none()
+        && obj
+            .status()
+            .is_some_and(|s| s.lease.is_none() && s.pending_lease.is_none())
+        && generation_synced(obj)
 }
 
 /// Releases a lease whose material will not be used; a failure is logged (the lease
