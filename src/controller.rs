@@ -1,18 +1,17 @@
-//! Wiring: one Controller per kind and watched scope, the label-selected metadata watch
-//! of managed Secrets (drift repair and the expiry collector's view), leadership, and the
-//! HTTP endpoints.
+//! Wiring: one Controller per kind and watched scope, the scope's watch of the managed
+//! Secrets (`crate::secret_watch`: drift repair and the expiry collector's view),
+//! leadership, and the HTTP endpoints.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt, future};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::Client;
 use kube::api::Api;
-use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -24,7 +23,7 @@ use crate::error::Error;
 use crate::expiry::Owners;
 use crate::leader::become_leader;
 use crate::metrics::Metrics;
-use crate::ownership::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGER};
+use crate::secret_watch::SecretEvents;
 use crate::sync::{self, SyncedResource};
 
 /// Waits until the CRDs of both kinds are established, so that the watches do not fail.
@@ -63,21 +62,6 @@ pub async fn wait_for_crds(client: &Client) -> anyhow::Result<()> {
     }
 }
 
-/// Whether the operator's field manager wrote a Secret last, from its managed fields.
-fn last_written_by_operator(secret: &PartialObjectMeta<Secret>) -> bool {
-    secret
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|f| f.time.is_some())
-        .max_by_key(|f| f.time.as_ref().map(|t| t.0))
-        .is_some_and(|latest| latest.manager.as_deref() == Some(MANAGER))
-}
-
-/// The last-applied annotation `kubectl apply` keeps: a copy of the whole manifest.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
 /// Trims a cached resource to what the operator reads: the managed fields (a tree per
 /// writer) and kubectl's last-applied copy of the manifest are most of an object's
 /// size in memory and nothing here uses them.
@@ -88,34 +72,8 @@ fn trim_resource<K: SyncedResource>(obj: &mut DeserializeGuard<K>) {
     };
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED);
+        annotations.remove(crate::secret_watch::LAST_APPLIED);
     }
-}
-
-/// Trims a cached Secret's metadata to what the drift filter reads: of the managed
-/// fields, only the latest writer's name and time.
-fn trim_secret(secret: &mut PartialObjectMeta<Secret>) {
-    let meta = &mut secret.metadata;
-    let latest = meta
-        .managed_fields
-        .take()
-        .into_iter()
-        .flatten()
-        .filter(|f| f.time.is_some())
-        .max_by_key(|f| f.time.as_ref().map(|t| t.0))
-        .map(|f| ManagedFieldsEntry {
-            manager: f.manager,
-            time: f.time,
-            ..ManagedFieldsEntry::default()
-        });
-    meta.managed_fields = latest.map(|f| vec![f]);
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED);
-    }
-}
-
-fn managed_secrets_config() -> watcher::Config {
-    watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"))
 }
 
 /// Reconciles a guarded object: one that failed to deserialize is logged and skipped, so
@@ -150,86 +108,32 @@ fn error_policy_guarded<K: SyncedResource>(
     }
 }
 
-/// One controller of kind `K` over one scope (a namespace, or all), with its own
-/// metadata-only watch of the managed Secrets in that scope.
+/// One controller of kind `K` over one scope (a namespace, or all), fed by the scope's
+/// watch of the managed Secrets.
 fn controller_for<K: SyncedResource>(
     ctx: Arc<Context>,
     namespace: Option<&str>,
-    stores: &mut Vec<Store<PartialObjectMeta<Secret>>>,
+    secret_events: SecretEvents,
+    only: Option<Arc<HashSet<String>>>,
     owners: &mut Vec<Owners>,
     resources: &mut Vec<Store<DeserializeGuard<K>>>,
 ) -> impl std::future::Future<Output = ()> + Send + use<K> {
-    let client = ctx.client.clone();
-    let (objects, secrets) = match namespace {
-        Some(ns) => (
-            Api::<DeserializeGuard<K>>::namespaced(client.clone(), ns),
-            Api::<PartialObjectMeta<Secret>>::namespaced(client, ns),
-        ),
-        None => (
-            Api::<DeserializeGuard<K>>::all(client.clone()),
-            Api::<PartialObjectMeta<Secret>>::all(client),
-        ),
+    let objects = match namespace {
+        Some(ns) => Api::<DeserializeGuard<K>>::namespaced(ctx.client.clone(), ns),
+        None => Api::<DeserializeGuard<K>>::all(ctx.client.clone()),
     };
-    let (reader, writer) = reflector::store();
-    stores.push(reader);
-    // Edits and deletions by others trigger a repair at once; the operator's own writes
-    // (recognised by the resourceVersion it got back, not by a field-manager name anyone
-    // can claim) do not trigger another sync of what it just wrote.
-    let own = ctx.clone();
-    let secret_events = watcher(secrets, managed_secrets_config())
-        .default_backoff()
-        .modify(trim_secret)
-        .reflect(writer)
-        .filter_map(move |event| {
-            let is_own = |secret: &PartialObjectMeta<Secret>, deleted: bool| {
-                own.is_own_write(
-                    secret.metadata.namespace.as_deref().unwrap_or_default(),
-                    secret.metadata.name.as_deref().unwrap_or_default(),
-                    secret.metadata.resource_version.as_deref(),
-                    deleted,
-                )
-                // Without a record, the managed fields say who wrote last; a reconcile
-                // compares the data with status.dataHmac in any case.
-                .unwrap_or_else(|| last_written_by_operator(secret))
-            };
-            // Someone else's change: the owner's next reconcile is a repair, ahead of
-            // routine refreshes.
-            let repair = |secret: &PartialObjectMeta<Secret>| {
-                let owner = secret
-                    .metadata
-                    .owner_references
-                    .iter()
-                    .flatten()
-                    .find(|o| o.controller == Some(true) && o.kind == K::kind(&()));
-                if let Some(owner) = owner {
-                    own.lanes.mark_urgent(
-                        K::KIND,
-                        secret.metadata.namespace.as_deref().unwrap_or_default(),
-                        &owner.name,
-                    );
-                }
-            };
-            future::ready(match event {
-                Ok(watcher::Event::Apply(secret)) if is_own(&secret, false) => None,
-                Ok(watcher::Event::Apply(secret)) => {
-                    repair(&secret);
-                    Some(Ok(secret))
-                }
-                Ok(watcher::Event::Delete(secret)) => {
-                    is_own(&secret, true);
-                    repair(&secret);
-                    Some(Ok(secret))
-                }
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            })
-        });
     // Only spec changes (generation) trigger a reconcile: the operator's own status
     // writes must not, or every sync would schedule the next one at once.
     let (object_reader, object_writer) = reflector::store();
     let object_events = crate::triggers::spec_changes(
         watcher(objects, watcher::Config::default().any_semantic())
             .default_backoff()
+            .filter(move |e| {
+                future::ready(
+                    e.as_ref()
+                        .map_or(true, |e| crate::scope::keep(only.as_deref(), e)),
+                )
+            })
             .modify(trim_resource::<K>)
             .reflect(object_writer),
     );
@@ -308,25 +212,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut stores = Vec::new();
     let mut owners = Vec::new();
-    let scopes: Vec<Option<String>> = if ctx.config.watch_namespaces.is_empty() {
-        vec![None]
-    } else {
-        ctx.config
-            .watch_namespaces
-            .iter()
-            .cloned()
-            .map(Some)
-            .collect()
-    };
+    let scopes = crate::scope::plan(&ctx.client, &ctx.config.watch_namespaces).await;
     let mut controllers = Vec::new();
     let mut vault_secrets = Vec::new();
     let mut azure_secrets = Vec::new();
-    for scope in &scopes {
+    let mut drivers = Vec::new();
+    for scope in &scopes.watches {
+        let secrets =
+            crate::secret_watch::start(ctx.clone(), scope.as_deref(), scopes.only.clone());
+        stores.push(secrets.store);
+        drivers.push(secrets.driver);
         controllers.push(
             controller_for::<VaultSecret>(
                 ctx.clone(),
                 scope.as_deref(),
-                &mut stores,
+                secrets.vault,
+                scopes.only.clone(),
                 &mut owners,
                 &mut vault_secrets,
             )
@@ -336,7 +237,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             controller_for::<AzureKeyVaultSecret>(
                 ctx.clone(),
                 scope.as_deref(),
-                &mut stores,
+                secrets.azure,
+                scopes.only.clone(),
                 &mut owners,
                 &mut azure_secrets,
             )
@@ -349,7 +251,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         vault_secrets,
         azure_secrets,
     ));
-    tracing::info!(scopes = ?scopes, "vaultsync controllers started");
+    tracing::info!(
+        watches = ?scopes.watches,
+        namespaces = ?ctx.config.watch_namespaces,
+        "vaultsync controllers started"
+    );
 
     let controllers = future::join_all(controllers);
     let result = match leadership {
@@ -375,6 +281,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     collector.abort();
     janitor.abort();
+    for driver in drivers {
+        driver.abort();
+    }
     server.abort();
     if let Some(webhook) = webhook {
         webhook.abort();

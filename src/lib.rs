@@ -18,6 +18,8 @@ pub mod janitor;
 pub mod leader;
 pub mod metrics;
 pub mod ownership;
+pub mod scope;
+pub mod secret_watch;
 pub mod sync;
 pub mod telemetry;
 pub mod triggers;
