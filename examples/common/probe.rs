@@ -3,30 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::Value;
-
-use super::watch::Synced;
-
-/// Whether `obj`'s status says its current generation was synced (Ready=True, Synced).
-fn synced_generation<K: Synced>(obj: &K) -> bool {
-    let generation = obj.meta().generation;
-    obj.sync_status().is_some_and(|s| {
-        s.observed_generation == generation
-            && s.conditions.iter().any(|c| {
-                c.type_ == "Ready"
-                    && c.status == "True"
-                    && c.reason == "Synced"
-                    && c.observed_generation == generation
-            })
-    })
-}
+use vaultsync::sync::{SyncedResource, generation_synced};
 
 /// Applies `manifest` (server-side, as `manager`) and returns how long until the
 /// apiserver shows its new generation synced, polling every 20 ms; `None` after `timeout`.
-pub async fn apply_and_time<K: Synced + Resource<Scope = NamespaceResourceScope>>(
+pub async fn apply_and_time<K: SyncedResource>(
     client: &Client,
     namespace: &str,
     name: &str,
@@ -46,7 +30,7 @@ pub async fn apply_and_time<K: Synced + Resource<Scope = NamespaceResourceScope>
     let generation = applied.meta().generation;
     while t.elapsed() < timeout {
         let obj = api.get(name).await?;
-        if obj.meta().generation >= generation && synced_generation(&obj) {
+        if obj.meta().generation >= generation && generation_synced(&obj) {
             return Ok(Some(t.elapsed()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -403,7 +403,7 @@ fn settled_before<K: SyncedResource>(obj: &K, recorded: &SyncStatus, started: Ti
 }
 
 /// Whether the resource's last sync succeeded for its current generation.
-fn generation_synced<K: SyncedResource>(obj: &K) -> bool {
+pub fn generation_synced<K: SyncedResource>(obj: &K) -> bool {
     let generation = obj.meta().generation;
     obj.status().is_some_and(|s| {
         s.observed_generation == generation
