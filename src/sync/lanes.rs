@@ -7,8 +7,12 @@
 //! taken it steps aside at once and comes back later, spread over a window that grows
 //! with the number waiting. The other slots stay free for first syncs, spec changes,
 //! repairs, failures and deletions.
+//!
+//! Namespaces share the slots too: one namespace holds at most that same share at a time,
+//! so a tenant applying a thousand resources at once leaves room for another tenant's
+//! one (a reconcile over its namespace's share steps aside the same way).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -24,12 +28,35 @@ pub struct Lanes {
     waiting: Mutex<HashSet<Key>>,
     /// Resources whose Secret someone else changed: their next reconcile is a repair.
     urgent: Mutex<HashSet<Key>>,
+    /// Reconciles running per namespace.
+    in_flight: Arc<Mutex<HashMap<String, usize>>>,
 }
 
-/// Whether a reconcile may go ahead, holding a routine slot if it is a refresh.
+/// Whether a reconcile may go ahead, holding its slots while it runs.
 pub enum Admission {
-    Go(Option<OwnedSemaphorePermit>),
+    Go(Slot),
     Later(Duration),
+}
+
+/// The slots a running reconcile holds: its namespace's count, and a routine slot if it
+/// is a refresh. Dropping it gives them back.
+pub struct Slot {
+    _routine: Option<OwnedSemaphorePermit>,
+    namespace: String,
+    in_flight: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut in_flight = lock(&self.in_flight);
+        if let Some(n) = in_flight.get_mut(&self.namespace) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                in_flight.remove(&self.namespace);
+                crate::janitor::shrink(&mut in_flight);
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -46,6 +73,7 @@ impl Lanes {
             share,
             waiting: Mutex::default(),
             urgent: Mutex::default(),
+            in_flight: Arc::default(),
         }
     }
 
@@ -65,20 +93,42 @@ impl Lanes {
         let key = (kind, namespace.to_string(), name.to_string());
         lock(&self.waiting).remove(&key);
         let urgent = lock(&self.urgent).remove(&key);
+        {
+            let mut in_flight = lock(&self.in_flight);
+            let running = in_flight.get(namespace).copied().unwrap_or(0);
+            if running >= self.share {
+                drop(in_flight);
+                return self.later(key);
+            }
+            in_flight.insert(namespace.to_string(), running + 1);
+        }
+        let mut slot = Slot {
+            _routine: None,
+            namespace: namespace.to_string(),
+            in_flight: self.in_flight.clone(),
+        };
         if !routine || urgent {
-            return Admission::Go(None);
+            return Admission::Go(slot);
         }
         match self.routine_slots.clone().try_acquire_owned() {
-            Ok(permit) => Admission::Go(Some(permit)),
+            Ok(permit) => {
+                slot._routine = Some(permit);
+                Admission::Go(slot)
+            }
             Err(_) => {
-                let waiting = {
-                    let mut waiting = lock(&self.waiting);
-                    waiting.insert(key);
-                    waiting.len()
-                };
-                Admission::Later(defer_delay(waiting, self.share, rand::random::<f64>()))
+                drop(slot);
+                self.later(key)
             }
         }
+    }
+
+    fn later(&self, key: Key) -> Admission {
+        let waiting = {
+            let mut waiting = lock(&self.waiting);
+            waiting.insert(key);
+            waiting.len()
+        };
+        Admission::Later(defer_delay(waiting, self.share, rand::random::<f64>()))
     }
 
     /// Forgets the resources of `kind` not among `live` (namespace, name).
@@ -112,23 +162,43 @@ mod tests {
         // Concurrency 4: three slots for refreshes, one kept.
         let lanes = Lanes::new(4);
         let held: Vec<Admission> = (0..3)
-            .map(|i| lanes.admit("VaultSecret", "a", &format!("r{i}"), true))
+            .map(|i| lanes.admit("VaultSecret", &format!("n{i}"), "r", true))
             .collect();
         assert!(held.iter().all(goes));
-        let later = lanes.admit("VaultSecret", "a", "r3", true);
+        let later = lanes.admit("VaultSecret", "n3", "r", true);
         assert!(matches!(later, Admission::Later(_)));
         // A first sync or spec change goes ahead whatever the refreshes hold.
-        assert!(goes(&lanes.admit("VaultSecret", "b", "new", false)));
+        let new = lanes.admit("VaultSecret", "b", "new", false);
+        assert!(goes(&new));
+        drop(new);
         // So does the repair of a Secret someone edited, once.
-        lanes.mark_urgent("VaultSecret", "a", "r4");
-        assert!(goes(&lanes.admit("VaultSecret", "a", "r4", true)));
-        assert!(!goes(&lanes.admit("VaultSecret", "a", "r4", true)));
+        lanes.mark_urgent("VaultSecret", "n4", "r");
+        let repair = lanes.admit("VaultSecret", "n4", "r", true);
+        assert!(goes(&repair));
+        drop(repair);
+        assert!(!goes(&lanes.admit("VaultSecret", "n4", "r", true)));
         // A slot given back is taken by the next refresh.
         drop(held);
-        assert!(goes(&lanes.admit("VaultSecret", "a", "r3", true)));
-        assert_eq!(lock(&lanes.waiting).len(), 1, "r4 still waits");
+        assert!(goes(&lanes.admit("VaultSecret", "n3", "r", true)));
+        assert_eq!(lock(&lanes.waiting).len(), 1, "n4/r still waits");
         lanes.retain("VaultSecret", &HashSet::new());
         assert!(lock(&lanes.waiting).is_empty());
+        assert!(
+            lock(&lanes.in_flight).is_empty(),
+            "every slot was given back"
+        );
+    }
+
+    #[test]
+    fn one_namespace_leaves_room_for_the_others() {
+        // Concurrency 2: a namespace holds one slot at a time, new resources included.
+        let lanes = Lanes::new(2);
+        let a = lanes.admit("VaultSecret", "a", "a0", false);
+        assert!(goes(&a));
+        assert!(!goes(&lanes.admit("VaultSecret", "a", "a1", false)));
+        assert!(goes(&lanes.admit("VaultSecret", "b", "b0", false)));
+        drop(a);
+        assert!(goes(&lanes.admit("VaultSecret", "a", "a1", false)));
     }
 
     #[test]
