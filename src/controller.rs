@@ -126,16 +126,12 @@ fn controller_for<K: SyncedResource>(
     // writes must not, or every sync would schedule the next one at once.
     let (object_reader, object_writer) = reflector::store();
     let object_events = crate::triggers::spec_changes(
-        watcher(objects, watcher::Config::default().any_semantic())
-            .default_backoff()
-            .filter(move |e| {
-                future::ready(
-                    e.as_ref()
-                        .map_or(true, |e| crate::scope::keep(only.as_deref(), e)),
-                )
-            })
-            .modify(trim_resource::<K>)
-            .reflect(object_writer),
+        crate::scope::filter(
+            watcher(objects, watcher::Config::default().any_semantic()).default_backoff(),
+            only,
+        )
+        .modify(trim_resource::<K>)
+        .reflect(object_writer),
     );
     resources.push(object_reader.clone());
     let known = object_reader.clone();

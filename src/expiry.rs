@@ -41,13 +41,7 @@ fn vaultsync_owner<'a>(
     secret: &'a PartialObjectMeta<Secret>,
     owners: &HashSet<String>,
 ) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
-    secret
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|r| r.controller == Some(true))
-        .filter(|r| r.api_version.starts_with("vaultsync.dev/") && owners.contains(&r.uid))
+    crate::ownership::vaultsync_controller(&secret.metadata).filter(|r| owners.contains(&r.uid))
 }
 
 /// Whether `secret`'s expires-at mark is at or before `now`.

@@ -40,6 +40,18 @@ pub fn is_owned_by<R: Resource, K: Resource>(object: &R, obj: &K) -> bool {
         .any(|r| Some(r.uid.as_str()) == uid && r.controller == Some(true))
 }
 
+/// The controller ownerReference of an object, if it names a vaultsync resource (whose
+/// uid the caller still has to check when it matters).
+pub fn vaultsync_controller(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+        .filter(|r| r.api_version.starts_with("vaultsync.dev/"))
+}
+
 /// Keyed HMAC-SHA256 of a Secret's type and data, so status can show whether content
 /// changed without revealing anything about it.
 pub fn data_hmac(key: &[u8], type_: &str, data: &BTreeMap<String, SecretValue>) -> String {

@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
@@ -76,6 +77,17 @@ async fn may_watch_everywhere(client: &Client) -> bool {
         }
     }
     true
+}
+
+/// Keeps the events of a watch stream that [`keep`] keeps (errors pass, for the backoff).
+pub fn filter<K, S>(events: S, only: Option<Arc<HashSet<String>>>) -> impl Stream<Item = S::Item>
+where
+    K: Resource,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    events.filter(move |e| {
+        futures::future::ready(e.as_ref().map_or(true, |e| keep(only.as_deref(), e)))
+    })
 }
 
 /// Whether a watch event is kept: events of objects outside `only` are dropped (the

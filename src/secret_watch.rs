@@ -11,7 +11,7 @@ use std::sync::Arc;
 use futures::stream::BoxStream;
 use futures::{StreamExt, channel::mpsc};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::Resource;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -38,48 +38,41 @@ pub struct SecretWatch {
     pub driver: tokio::task::JoinHandle<()>,
 }
 
-/// Whether the operator's field manager wrote a Secret last, from its managed fields.
-fn last_written_by_operator(secret: &PartialObjectMeta<Secret>) -> bool {
-    secret
-        .metadata
-        .managed_fields
+/// The managed-fields entry of the latest writer.
+fn latest_writer(fields: &[ManagedFieldsEntry]) -> Option<&ManagedFieldsEntry> {
+    fields
         .iter()
-        .flatten()
         .filter(|f| f.time.is_some())
         .max_by_key(|f| f.time.as_ref().map(|t| t.0))
-        .is_some_and(|latest| latest.manager.as_deref() == Some(MANAGER))
+}
+
+/// Whether the operator's field manager wrote a Secret last, from its managed fields.
+fn last_written_by_operator(secret: &PartialObjectMeta<Secret>) -> bool {
+    latest_writer(
+        secret
+            .metadata
+            .managed_fields
+            .as_deref()
+            .unwrap_or_default(),
+    )
+    .is_some_and(|latest| latest.manager.as_deref() == Some(MANAGER))
 }
 
 /// Trims a cached Secret's metadata to what is read here: of the managed fields, only
 /// the latest writer's name and time.
 fn trim_secret(secret: &mut PartialObjectMeta<Secret>) {
     let meta = &mut secret.metadata;
-    let latest = meta
-        .managed_fields
-        .take()
-        .into_iter()
-        .flatten()
-        .filter(|f| f.time.is_some())
-        .max_by_key(|f| f.time.as_ref().map(|t| t.0))
-        .map(|f| ManagedFieldsEntry {
-            manager: f.manager,
-            time: f.time,
+    let latest = latest_writer(meta.managed_fields.as_deref().unwrap_or_default()).map(|f| {
+        ManagedFieldsEntry {
+            manager: f.manager.clone(),
+            time: f.time.clone(),
             ..ManagedFieldsEntry::default()
-        });
+        }
+    });
     meta.managed_fields = latest.map(|f| vec![f]);
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
     }
-}
-
-/// The Secret's controller ownerReference to a vaultsync resource.
-fn vaultsync_owner(secret: &PartialObjectMeta<Secret>) -> Option<&OwnerReference> {
-    secret
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true) && o.api_version.starts_with("vaultsync.dev/"))
 }
 
 /// Starts the watch of the managed Secrets in `namespace` (or all), keeping only those
@@ -96,14 +89,7 @@ pub fn start(
     let config =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let (store, writer) = reflector::store();
-    let events = watcher(api, config)
-        .default_backoff()
-        .filter(move |e| {
-            futures::future::ready(
-                e.as_ref()
-                    .map_or(true, |e| crate::scope::keep(only.as_deref(), e)),
-            )
-        })
+    let events = crate::scope::filter(watcher(api, config).default_backoff(), only)
         .modify(trim_secret)
         .reflect(writer);
     let (vault_tx, vault_rx) = mpsc::unbounded();
@@ -136,7 +122,7 @@ pub fn start(
             if own && !deleted {
                 continue;
             }
-            let Some(owner) = vaultsync_owner(&secret) else {
+            let Some(owner) = crate::ownership::vaultsync_controller(&secret.metadata) else {
                 continue;
             };
             // Someone else's edit or deletion: the owner's next reconcile is a repair,
