@@ -2,10 +2,13 @@
 //! metrics, Events, the HMAC key of `status.dataHmac` and the per-object error backoff.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -41,6 +44,8 @@ pub struct Context {
     pub started_at: jiff::Timestamp,
     /// Routine refreshes give way to first syncs, spec changes and repairs.
     pub lanes: Lanes,
+    /// The caches of the managed-Secrets watches (one per scope), set once they start.
+    pub managed_secrets: OnceLock<Vec<Store<PartialObjectMeta<Secret>>>>,
 }
 
 impl Context {
@@ -67,6 +72,7 @@ impl Context {
             started: std::time::Instant::now(),
             started_at: jiff::Timestamp::now(),
             lanes,
+            managed_secrets: OnceLock::new(),
         })
     }
 
@@ -137,6 +143,23 @@ impl Context {
         writes
             .get(&key)
             .map(|own| resource_version == Some(own.as_str()))
+    }
+
+    /// Whether the managed-Secrets caches are synced and hold no Secret `namespace/name`:
+    /// then a first sync can create the Secret without reading it first (the create
+    /// fails if one exists after all). `false` whenever the caches cannot say.
+    pub fn no_managed_secret(&self, namespace: &str, name: &str) -> bool {
+        let Some(stores) = self.managed_secrets.get() else {
+            return false;
+        };
+        let key = ObjectRef::new(name).within(namespace);
+        stores.iter().all(|store| {
+            store
+                .wait_until_ready()
+                .now_or_never()
+                .is_some_and(|r| r.is_ok())
+                && store.get(&key).is_none()
+        })
     }
 
     /// Publishes an Event on `obj`. Notes never contain values; a failure to publish is

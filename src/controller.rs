@@ -216,7 +216,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for scope in &scopes.watches {
         let secrets =
             crate::secret_watch::start(ctx.clone(), scope.as_deref(), scopes.only.clone());
-        stores.push(secrets.store);
+        stores.push(secrets.store.clone());
         drivers.push(secrets.driver);
         controllers.push(
             controller_for::<VaultSecret>(
@@ -241,6 +241,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .boxed(),
         );
     }
+    let _ = ctx.managed_secrets.set(stores.clone());
     let collector = tokio::spawn(crate::expiry::run_collector(ctx.clone(), stores, owners));
     let janitor = tokio::spawn(crate::janitor::run(
         ctx.clone(),

@@ -86,7 +86,7 @@ pub async fn execute<K: SyncedResource>(
         .iter()
         .map(|(k, v)| (k, ByteString(v.expose().to_vec())))
         .collect();
-    let mut secret = json!({
+    let secret = json!({
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
@@ -100,34 +100,22 @@ pub async fn execute<K: SyncedResource>(
         "data": data,
     });
     let mut written = match existing.filter(|_| !plan.replace) {
-        // A create fails if someone else created the Secret since ownership was checked.
-        None => {
-            let new: Secret = serde_json::from_value(secret).map_err(|e| {
-                Error::InvalidData(format!("cannot build Secret {}: {e}", desired.name))
-            })?;
-            let params = PostParams {
-                field_manager: Some(MANAGER.into()),
-                ..PostParams::default()
-            };
-            api.create(&params, &new).await.map_err(|e| match e {
-                kube::Error::Api(s) if s.code == 409 => Error::Conflict(format!(
-                    "Secret {} was created by someone else; vaultsync never overwrites a Secret it does not own: choose another spec.output.secret.name or delete that Secret",
-                    desired.name
-                )),
-                other => refused(&desired.name, other),
-            })?
-        }
-        // An update applies to the Secret whose ownership was checked, or fails.
-        Some(old) => {
-            secret["metadata"]["resourceVersion"] = json!(old.metadata.resource_version);
-            api.patch(
-                &desired.name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&secret),
-            )
-            .await
-            .map_err(|e| refused(&desired.name, e))?
-        }
+        // A create fails if the Secret exists: someone else created it since ownership
+        // was checked, or the cache that let the check be skipped was behind. Either way
+        // ownership is checked again, and only a Secret of this resource is written.
+        None => match create(&api, &secret).await? {
+            Some(created) => created,
+            None => match existing_secret(obj, ctx, &desired.name).await? {
+                Some(ours) => update(&api, &desired.name, secret, &ours).await?,
+                None => {
+                    return Err(Error::Conflict(format!(
+                        "Secret {} was created and deleted by someone else while vaultsync wrote it; retrying",
+                        desired.name
+                    )));
+                }
+            },
+        },
+        Some(old) => update(&api, &desired.name, secret, old).await?,
     };
     if !(plan.strip_keys.is_empty()
         && plan.strip_labels.is_empty()
@@ -167,6 +155,43 @@ pub async fn execute<K: SyncedResource>(
             .await;
     }
     Ok(())
+}
+
+/// Creates the Secret; `None` if one of that name exists.
+async fn create(api: &Api<Secret>, secret: &serde_json::Value) -> Result<Option<Secret>> {
+    let new: Secret = serde_json::from_value(secret.clone()).map_err(|e| {
+        Error::InvalidData(format!(
+            "cannot build Secret {}: {e}",
+            secret["metadata"]["name"]
+        ))
+    })?;
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, &new).await {
+        Ok(created) => Ok(Some(created)),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+        Err(e) => Err(refused(&new.name_any(), e)),
+    }
+}
+
+/// Applies the Secret over `old`, whose ownership was checked: the resourceVersion makes
+/// the write fail if the Secret changed since.
+async fn update(
+    api: &Api<Secret>,
+    name: &str,
+    mut secret: serde_json::Value,
+    old: &Secret,
+) -> Result<Secret> {
+    secret["metadata"]["resourceVersion"] = json!(old.metadata.resource_version);
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&secret),
+    )
+    .await
+    .map_err(|e| refused(name, e))
 }
 
 /// A write the apiserver refuses as invalid (400, 422: an invalid label, say) is the

@@ -129,6 +129,13 @@ pub fn secret_name<K: SyncedResource>(obj: &K, target: &SecretTarget) -> String 
     target.name.clone().unwrap_or_else(|| obj.name_any())
 }
 
+/// Whether a status records no sync, no lease and no pending lease.
+fn never_synced(status: Option<&SyncStatus>) -> bool {
+    status.is_none_or(|s| {
+        s.last_sync_time.is_none() && s.lease.is_none() && s.pending_lease.is_none()
+    })
+}
+
 /// Reconciles one resource through the whole pipeline.
 pub async fn reconcile<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Action> {
     let namespace = obj.namespace().unwrap_or_default();
@@ -181,8 +188,18 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
     }
     let target = obj.target();
     let name = secret_name(obj, &target);
-    // Ownership first: a Secret someone else owns is never read further or touched.
-    let existing = apply::existing_secret(obj, ctx, &name).await?;
+    // Ownership first: a Secret someone else owns is never read further or touched. A
+    // first sync of a static source whose Secret the managed-Secrets cache does not know
+    // skips the read: the create that follows fails if a Secret of that name exists, and
+    // ownership is checked then (a cold start of many resources saves a request each).
+    let first_static_sync = !K::Backend::issues(&request) && never_synced(obj.status());
+    let existing = if first_static_sync
+        && ctx.no_managed_secret(&obj.namespace().unwrap_or_default(), &name)
+    {
+        None
+    } else {
+        apply::existing_secret(obj, ctx, &name).await?
+    };
     // The status as last seen: the watch cache's copy for static sources (lease decisions
     // read the apiserver's). The cache can lag the operator's own writes: a lagging
     // success costs one write more, and after a failure the success is always written.
