@@ -158,20 +158,14 @@ fn kv_path(n: usize, i: usize) -> String {
 }
 
 fn manifest(n: usize, i: usize) -> serde_json::Value {
-    let ns = ns_name(n);
-    json!({
-        "apiVersion": "vaultsync.dev/v1alpha1",
-        "kind": "VaultSecret",
-        "metadata": {"name": format!("s{i}"), "namespace": ns, "labels": {LABEL: "true"}},
-        "spec": {
-            "vault": {
-                "auth": {"kubernetes": {"role": format!("{ns}-app"), "serviceAccountName": "app"}},
-                "kv": {"mount": "secret", "path": kv_path(n, i)},
-            },
-            "refreshInterval": refresh_interval(),
-            "ttl": TTL,
-        }
-    })
+    common::kv_vault_secret(
+        &ns_name(n),
+        &format!("s{i}"),
+        LABEL,
+        &kv_path(n, i),
+        &refresh_interval(),
+        TTL,
+    )
 }
 
 fn all_pairs() -> Vec<(usize, usize)> {

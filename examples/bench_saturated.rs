@@ -52,21 +52,8 @@ fn kv_path(n: usize, i: usize) -> String {
     format!("bench-sat/{}/s{i}", ns_name(n))
 }
 
-fn manifest(n: usize, i: usize, path: &str) -> serde_json::Value {
-    let ns = ns_name(n);
-    json!({
-        "apiVersion": "vaultsync.dev/v1alpha1",
-        "kind": "VaultSecret",
-        "metadata": {"name": format!("s{i}"), "namespace": ns, "labels": {LABEL: "true"}},
-        "spec": {
-            "vault": {
-                "auth": {"kubernetes": {"role": format!("{ns}-app"), "serviceAccountName": "app"}},
-                "kv": {"mount": "secret", "path": path},
-            },
-            "refreshInterval": format!("{REFRESH_SECS}s"),
-            "ttl": "3h",
-        }
-    })
+fn manifest(ns: &str, name: &str, path: &str) -> serde_json::Value {
+    common::kv_vault_secret(ns, name, LABEL, path, &format!("{REFRESH_SECS}s"), "3h")
 }
 
 fn all_pairs() -> Vec<(usize, usize)> {
@@ -125,7 +112,13 @@ async fn main() -> anyhow::Result<()> {
         Watch::start::<VaultSecret>(&client, LABEL, |ns| common::is_numbered(ns, NS_PREFIX));
     let resources = all_pairs()
         .into_iter()
-        .map(|(n, i)| (ns_name(n), format!("s{i}"), manifest(n, i, &kv_path(n, i))))
+        .map(|(n, i)| {
+            (
+                ns_name(n),
+                format!("s{i}"),
+                manifest(&ns_name(n), &format!("s{i}"), &kv_path(n, i)),
+            )
+        })
         .collect();
     apply_all::<VaultSecret>(&client, FIELD_MANAGER, resources, CONCURRENCY).await?;
     watch.wait_seen(TOTAL).await?;
@@ -161,18 +154,13 @@ async fn main() -> anyhow::Result<()> {
         let ns = ns_name(n * (NAMESPACES / PROBES));
         let path = probe_path(n * (NAMESPACES / PROBES));
         vaultrs::kv2::set(&vault, "secret", &path, &json!({"probe": "v1"})).await?;
-        let mut new = manifest(0, 0, &path);
-        new["metadata"]["name"] = json!("probe");
-        new["metadata"]["namespace"] = json!(ns);
-        new["spec"]["vault"]["auth"]["kubernetes"]["role"] = json!(format!("{ns}-app"));
+        let new = manifest(&ns, "probe", &path);
         created.push(
             apply_and_time::<VaultSecret>(&client, &ns, "probe", &new, FIELD_MANAGER, timeout)
                 .await?,
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut spec = manifest(0, 1, &path);
-        spec["metadata"]["namespace"] = json!(ns);
-        spec["spec"]["vault"]["auth"]["kubernetes"]["role"] = json!(format!("{ns}-app"));
+        let spec = manifest(&ns, "s1", &path);
         changed.push(
             apply_and_time::<VaultSecret>(&client, &ns, "s1", &spec, FIELD_MANAGER, timeout)
                 .await?,

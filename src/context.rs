@@ -2,13 +2,12 @@
 //! metrics, Events, the HMAC key of `status.dataHmac` and the per-object error backoff.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
-use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -44,8 +43,6 @@ pub struct Context {
     pub started_at: jiff::Timestamp,
     /// Routine refreshes give way to first syncs, spec changes and repairs.
     pub lanes: Lanes,
-    /// The caches of the managed-Secrets watches (one per scope), set once they start.
-    pub managed_secrets: OnceLock<Vec<Store<PartialObjectMeta<Secret>>>>,
 }
 
 impl Context {
@@ -72,7 +69,6 @@ impl Context {
             started: std::time::Instant::now(),
             started_at: jiff::Timestamp::now(),
             lanes,
-            managed_secrets: OnceLock::new(),
         })
     }
 
@@ -149,7 +145,7 @@ impl Context {
     /// then a first sync can create the Secret without reading it first (the create
     /// fails if one exists after all). `false` whenever the caches cannot say.
     pub fn no_managed_secret(&self, namespace: &str, name: &str) -> bool {
-        let Some(stores) = self.managed_secrets.get() else {
+        let Some(stores) = self.metrics.secret_caches.get() else {
             return false;
         };
         let key = ObjectRef::new(name).within(namespace);

@@ -241,7 +241,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .boxed(),
         );
     }
-    let _ = ctx.managed_secrets.set(stores.clone());
+    let _ = ctx.metrics.secret_caches.set(stores.clone());
     let collector = tokio::spawn(crate::expiry::run_collector(ctx.clone(), stores, owners));
     let janitor = tokio::spawn(crate::janitor::run(
         ctx.clone(),

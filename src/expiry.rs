@@ -130,7 +130,6 @@ async fn delete(ctx: &Context, gone: Expired) {
     match api.delete(&gone.name, &params).await {
         Ok(_) => {
             tracing::info!(namespace = %gone.namespace, secret = %gone.name, "deleted expired Secret");
-            ctx.metrics.clear_expiry(&gone.namespace, &gone.name);
             if let Some(owner) = &gone.owner {
                 let note = format!(
                     "deleted Secret {}: it expired without a successful refresh",

@@ -1,6 +1,7 @@
 //! Per-process state follows the resources: a periodic pass forgets the failure counts,
-//! cached backend state (Vault tokens, which are also revoked; detected mount versions)
-//! and metric series of resources that are gone, so creating and deleting resources,
+//! and cached backend state (Vault tokens, which are also revoked; detected mount
+//! versions) of resources that are gone (metric series per Secret are read from the
+//! Secret cache at each scrape, so they need no pass), so creating and deleting resources,
 //! namespaces included, leaves the operator's memory where it was.
 //!
 //! The live set comes from the controllers' own watch caches; backend state is matched
@@ -16,7 +17,7 @@ use kube::runtime::reflector::Store;
 use crate::api::{AzureKeyVaultSecret, VaultSecret};
 use crate::backend::Backend;
 use crate::context::Context;
-use crate::sync::{SyncedResource, secret_name};
+use crate::sync::SyncedResource;
 
 /// Gives a map's spare capacity back once it holds under a quarter of it: `retain` and
 /// `remove` keep a map's capacity, so after thousands of resources come and go the
@@ -35,12 +36,8 @@ pub fn shrink_set<K: Eq + std::hash::Hash>(set: &mut std::collections::HashSet<K
 }
 
 /// One pass for kind `K` over `stores` (one per watched scope): forgets what belongs to
-/// resources that are gone, and returns the managed Secrets (namespace, name) of the
-/// live ones.
-pub async fn sweep<K: SyncedResource>(
-    ctx: &Context,
-    stores: &[Store<DeserializeGuard<K>>],
-) -> HashSet<(String, String)> {
+/// resources that are gone.
+pub async fn sweep<K: SyncedResource>(ctx: &Context, stores: &[Store<DeserializeGuard<K>>]) {
     // The cache's own objects, not copies: at 10,000 resources a copy of each is a peak.
     let cached: Vec<Arc<DeserializeGuard<K>>> = stores.iter().flat_map(|s| s.state()).collect();
     let objects: Vec<&K> = cached.iter().filter_map(|o| o.0.as_ref().ok()).collect();
@@ -61,15 +58,6 @@ pub async fn sweep<K: SyncedResource>(
     ctx.retain_backoff::<K>(&resources);
     ctx.lanes.retain(K::KIND, &resources);
     tracing::debug!(kind = K::KIND, live = objects.len(), "housekeeping pass");
-    objects
-        .iter()
-        .map(|o| {
-            (
-                o.namespace().unwrap_or_default(),
-                secret_name(*o, &o.target()),
-            )
-        })
-        .collect()
 }
 
 /// Runs the pass every `housekeepingInterval`. It needs no complete listing first: a
@@ -83,9 +71,8 @@ pub async fn run(
     let mut tick = tokio::time::interval(ctx.config.housekeeping_interval);
     loop {
         tick.tick().await;
-        let mut secrets = sweep(&ctx, &vault).await;
-        secrets.extend(sweep(&ctx, &azure).await);
-        ctx.metrics.retain_expiry(&secrets);
+        sweep(&ctx, &vault).await;
+        sweep(&ctx, &azure).await;
     }
 }
 

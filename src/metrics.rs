@@ -1,15 +1,62 @@
 //! Prometheus metrics (prometheus-client). Labels carry kinds, reasons, backends and
 //! object names, never values.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::ownership::{EXPIRES_AT, vaultsync_controller};
+
+/// The caches of the managed-Secrets watches (one per scope), set once they start.
+pub type SecretCaches = Arc<OnceLock<Vec<Store<PartialObjectMeta<Secret>>>>>;
+
+/// `secret_expiry_timestamp_seconds`, read from the managed-Secrets caches at each scrape:
+/// one series per Secret a vaultsync resource controls, with its `expires-at` mark. It
+/// keeps no state of its own, so a Secret's series goes with the Secret.
+#[derive(Debug)]
+struct ExpiryCollector(SecretCaches);
+
+impl Collector for ExpiryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "secret_expiry_timestamp_seconds",
+            "Unix time at which a managed Secret expires unless refreshed",
+            None,
+            MetricType::Gauge,
+        )?;
+        for store in self.0.get().into_iter().flatten() {
+            for secret in store.state() {
+                let meta = &secret.metadata;
+                let mark = meta
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(EXPIRES_AT))
+                    .and_then(|v| v.parse::<jiff::Timestamp>().ok());
+                let (Some(mark), Some(_)) = (mark, vaultsync_controller(meta)) else {
+                    continue;
+                };
+                let labels = SecretLabels {
+                    namespace: meta.namespace.clone().unwrap_or_default(),
+                    secret: meta.name.clone().unwrap_or_default(),
+                };
+                ConstGauge::new(mark.as_millisecond() as f64 / 1000.0)
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SyncLabels {
@@ -59,10 +106,8 @@ pub struct Metrics {
     /// `stats.allocated` and `stats.resident`), refreshed at each scrape.
     heap_allocated: Gauge,
     heap_resident: Gauge,
-    expiry: Family<SecretLabels, Gauge<f64, AtomicU64>>,
-    /// The series of `expiry` that exist, so those of Secrets that are gone can be
-    /// dropped (the family cannot be listed).
-    expiry_series: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// The managed-Secrets caches, which the expiry gauge is read from.
+    pub secret_caches: SecretCaches,
     pub queue_depth: Gauge,
 }
 
@@ -119,12 +164,8 @@ impl Default for Metrics {
             "Bytes of memory the allocator holds from the system (jemalloc stats.resident)",
             heap_resident.clone(),
         );
-        let expiry = Family::<SecretLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "secret_expiry_timestamp_seconds",
-            "Unix time at which a managed Secret expires unless refreshed",
-            expiry.clone(),
-        );
+        let secret_caches = SecretCaches::default();
+        registry.register_collector(Box::new(ExpiryCollector(secret_caches.clone())));
         let queue_depth = Gauge::default();
         registry.register(
             "queue_depth",
@@ -141,8 +182,7 @@ impl Default for Metrics {
             managed_secrets,
             heap_allocated,
             heap_resident,
-            expiry,
-            expiry_series: Default::default(),
+            secret_caches,
             queue_depth,
         }
     }
@@ -186,48 +226,6 @@ impl Metrics {
             .inc();
     }
 
-    pub fn set_expiry(&self, namespace: &str, secret: &str, unix_seconds: f64) {
-        self.expiry_series
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((namespace.into(), secret.into()));
-        self.expiry
-            .get_or_create(&SecretLabels {
-                namespace: namespace.into(),
-                secret: secret.into(),
-            })
-            .set(unix_seconds);
-    }
-
-    pub fn clear_expiry(&self, namespace: &str, secret: &str) {
-        self.expiry_series
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(namespace.into(), secret.into()));
-        self.expiry.remove(&SecretLabels {
-            namespace: namespace.into(),
-            secret: secret.into(),
-        });
-    }
-
-    /// Drops the expiry series of every Secret not in `live` (namespace, name).
-    pub fn retain_expiry(&self, live: &std::collections::HashSet<(String, String)>) {
-        let gone: Vec<(String, String)> = {
-            let mut series = self.expiry_series.lock().unwrap_or_else(|p| p.into_inner());
-            let gone = series
-                .iter()
-                .filter(|k| !live.contains(*k))
-                .cloned()
-                .collect();
-            series.retain(|k| live.contains(k));
-            crate::janitor::shrink_set(&mut series);
-            gone
-        };
-        for (namespace, secret) in gone {
-            self.expiry.remove(&SecretLabels { namespace, secret });
-        }
-    }
-
     /// The text exposition format.
     pub fn encode(&self) -> String {
         // jemalloc caches its statistics: advancing the epoch refreshes them.
@@ -243,5 +241,56 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher;
+
+    fn secret(name: &str, owner_api_version: Option<&str>) -> PartialObjectMeta<Secret> {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": "team-a",
+                "annotations": {EXPIRES_AT: "2026-12-03T12:00:00Z"},
+                "ownerReferences": owner_api_version.map(|v| vec![serde_json::json!({
+                    "apiVersion": v, "kind": "VaultSecret", "name": name,
+                    "uid": "u", "controller": true,
+                })]),
+            },
+        }))
+        .expect("secret")
+    }
+
+    #[test]
+    fn expiry_series_are_read_from_the_cache_and_go_with_the_secret() {
+        let metrics = Metrics::default();
+        let (store, mut writer) = kube::runtime::reflector::store();
+        let ours = secret("app", Some("vaultsync.dev/v1alpha1"));
+        let foreign = secret("other", Some("v1"));
+        writer.apply_watcher_event(&watcher::Event::Apply(ours.clone()));
+        writer.apply_watcher_event(&watcher::Event::Apply(foreign));
+        metrics.secret_caches.set(vec![store]).expect("set once");
+        let text = metrics.encode();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("vaultsync_secret_expiry_timestamp_seconds{"))
+            .collect();
+        assert_eq!(
+            series,
+            [
+                r#"vaultsync_secret_expiry_timestamp_seconds{namespace="team-a",secret="app"} 1796299200.0"#
+            ]
+        );
+        writer.apply_watcher_event(&watcher::Event::Delete(ours));
+        assert!(
+            !metrics
+                .encode()
+                .contains("vaultsync_secret_expiry_timestamp_seconds{")
+        );
     }
 }

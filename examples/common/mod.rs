@@ -155,6 +155,32 @@ pub fn bench_log_level() -> String {
     std::env::var("VAULTSYNC_BENCH_LOG").unwrap_or_else(|_| "info".into())
 }
 
+/// A VaultSecret `namespace/name` labelled `<label>=true`, reading KV v2 `secret/<path>`
+/// as service account `app` with the tenant's role `<namespace>-app` (as
+/// [`setup::create_tenant`] makes them).
+pub fn kv_vault_secret(
+    namespace: &str,
+    name: &str,
+    label: &str,
+    path: &str,
+    refresh_interval: &str,
+    ttl: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "vaultsync.dev/v1alpha1",
+        "kind": "VaultSecret",
+        "metadata": {"name": name, "namespace": namespace, "labels": {label: "true"}},
+        "spec": {
+            "vault": {
+                "auth": {"kubernetes": {"role": format!("{namespace}-app"), "serviceAccountName": "app"}},
+                "kv": {"mount": "secret", "path": path},
+            },
+            "refreshInterval": refresh_interval,
+            "ttl": ttl,
+        }
+    })
+}
+
 /// `[a, b, ...]`: a YAML list of `names`, such as namespaces to watch.
 pub fn yaml_list(names: impl IntoIterator<Item = String>) -> String {
     format!("[{}]", names.into_iter().collect::<Vec<_>>().join(", "))

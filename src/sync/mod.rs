@@ -248,9 +248,6 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
             next_read_seconds = delay.as_secs(),
             "resumed: the copy is intact"
         );
-        let namespace = obj.namespace().unwrap_or_default();
-        let seconds = mark.as_millisecond() as f64 / 1000.0;
-        ctx.metrics.set_expiry(&namespace, &name, seconds);
         return Ok(Action::requeue(delay));
     }
     let material = backend
@@ -375,11 +372,6 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
     if reissue {
         failpoint::hit("revoked");
     }
-    ctx.metrics.set_expiry(
-        &obj.namespace().unwrap_or_default(),
-        &name,
-        plan.expires_at.as_millisecond() as f64 / 1000.0,
-    );
     status::report_success(
         obj,
         ctx,
