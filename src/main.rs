@@ -10,6 +10,18 @@ use vaultsync::config::Config;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc gives freed pages back only when it is next called, unless a background thread
+/// does it on time: without one, an operator that went quiet after a burst kept the memory
+/// it had already freed (`make bench-tenants`: RSS +15% to +53% after 5,000 resources came
+/// and went; +2% to +5% with one thread).
+fn purge_freed_memory_in_background() {
+    let result = tikv_jemalloc_ctl::max_background_threads::write(1)
+        .and_then(|()| tikv_jemalloc_ctl::background_thread::write(true));
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "freed memory is returned to the system only on allocation");
+    }
+}
+
 /// vaultsync: syncs short-lived Secrets from Vault/OpenBao and Azure Key Vault.
 #[derive(Parser)]
 #[command(name = "vaultsync", version, about)]
@@ -70,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run { config } => {
             let config = Config::load(&config)?;
             vaultsync::telemetry::init(config.log_format);
+            purge_freed_memory_in_background();
             vaultsync::controller::run(config).await
         }
         Command::Check {
