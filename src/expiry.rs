@@ -17,7 +17,6 @@ use kube::runtime::reflector::Store;
 
 use crate::context::Context;
 use crate::events::EventType;
-use crate::ownership::EXPIRES_AT;
 
 /// How often the collector looks at the managed Secrets (from the watch cache; no
 /// apiserver request unless something expired).
@@ -46,13 +45,7 @@ fn vaultsync_owner<'a>(
 
 /// Whether `secret`'s expires-at mark is at or before `now`.
 fn mark_passed(secret: &PartialObjectMeta<Secret>, now: Timestamp) -> bool {
-    secret
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(EXPIRES_AT))
-        .and_then(|v| v.parse::<Timestamp>().ok())
-        .is_some_and(|mark| mark <= now)
+    crate::ownership::expires_at(&secret.metadata).is_some_and(|mark| mark <= now)
 }
 
 /// Pure: the Secrets among `secrets` whose mark is at or before `now` and that a
@@ -150,6 +143,7 @@ async fn delete(ctx: &Context, gone: Expired) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ownership::EXPIRES_AT;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn meta(

@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::ownership::{EXPIRES_AT, vaultsync_controller};
+use crate::ownership::{expires_at, vaultsync_controller};
 
 /// The caches of the managed-Secrets watches (one per scope), set once they start.
 pub type SecretCaches = Arc<OnceLock<Vec<Store<PartialObjectMeta<Secret>>>>>;
@@ -38,12 +38,7 @@ impl Collector for ExpiryCollector {
         for store in self.0.get().into_iter().flatten() {
             for secret in store.state() {
                 let meta = &secret.metadata;
-                let mark = meta
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(EXPIRES_AT))
-                    .and_then(|v| v.parse::<jiff::Timestamp>().ok());
-                let (Some(mark), Some(_)) = (mark, vaultsync_controller(meta)) else {
+                let (Some(mark), Some(_)) = (expires_at(meta), vaultsync_controller(meta)) else {
                     continue;
                 };
                 let labels = SecretLabels {
@@ -247,6 +242,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ownership::EXPIRES_AT;
     use kube::runtime::watcher;
 
     fn secret(name: &str, owner_api_version: Option<&str>) -> PartialObjectMeta<Secret> {

@@ -40,6 +40,13 @@ pub fn is_owned_by<R: Resource, K: Resource>(object: &R, obj: &K) -> bool {
         .any(|r| Some(r.uid.as_str()) == uid && r.controller == Some(true))
 }
 
+/// The `expires-at` mark of a managed Secret, if it carries a valid one.
+pub fn expires_at(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<jiff::Timestamp> {
+    meta.annotations.as_ref()?.get(EXPIRES_AT)?.parse().ok()
+}
+
 /// The controller ownerReference of an object, if it names a vaultsync resource (whose
 /// uid the caller still has to check when it matters).
 pub fn vaultsync_controller(

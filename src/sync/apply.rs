@@ -159,10 +159,13 @@ pub async fn execute<K: SyncedResource>(
 
 /// Creates the Secret; `None` if one of that name exists.
 async fn create(api: &Api<Secret>, secret: &serde_json::Value) -> Result<Option<Secret>> {
+    // The serde error is reduced to its class and place: its text may quote a value.
     let new: Secret = serde_json::from_value(secret.clone()).map_err(|e| {
         Error::InvalidData(format!(
-            "cannot build Secret {}: {e}",
-            secret["metadata"]["name"]
+            "cannot build Secret {} ({:?} error at column {})",
+            secret["metadata"]["name"].as_str().unwrap_or_default(),
+            e.classify(),
+            e.column()
         ))
     })?;
     let params = PostParams {

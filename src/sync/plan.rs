@@ -68,10 +68,7 @@ pub struct Plan {
 }
 
 pub fn mark_of(secret: &Secret) -> Option<Timestamp> {
-    secret
-        .annotations()
-        .get(EXPIRES_AT)
-        .and_then(|v| v.parse().ok())
+    crate::ownership::expires_at(&secret.metadata)
 }
 
 pub fn plan(existing: Option<&Secret>, desired: &DesiredSecret, inputs: &Inputs<'_>) -> Plan {
