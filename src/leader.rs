@@ -88,7 +88,7 @@ pub async fn become_leader(
             break (leading, task);
         }
         task.abort();
-        tracing::debug!("the leader released the Lease; taking it");
+        tracing::info!("the leader released the Lease; taking it");
     };
     let release = tokio::spawn(async move {
         if let Ok(Err(e)) = task.await {

@@ -8,7 +8,7 @@
 //! Secret sees a rotation in its volume without a restart, and a Deployment that reads it
 //! as environment variables is replaced by the rollout restart; a pod opted in to
 //! injection gets its value through the chart's mutating webhook; deleting the leader pod
-//! hands over to the standby within the lease duration with no rewrite and no re-issue;
+//! hands over to another replica within the lease duration with no rewrite and no re-issue;
 //! `helm upgrade` with a changed value keeps copies byte-identical and leases kept; `helm
 //! uninstall` leaves the copies and the resources, and a resource with a revocation
 //! finalizer waits for an operator (README, "Uninstalling").
@@ -429,7 +429,10 @@ async fn the_chart_runs_on_the_node_and_workloads_consume_its_secrets() {
         "the injected pod to print the value's hash",
     )
     .await;
-    // --- the leader pod goes: the standby takes over, nothing is rewritten or re-issued.
+    // --- the leader pod goes: another replica takes over within the lease duration, and
+    // nothing is rewritten or re-issued. The standby usually wins (it watches the Lease and
+    // takes it when the leader releases it on SIGTERM); the pod that replaces the leader may
+    // win instead on a loaded machine. Either is a handover: what is promised is the time.
     let kv = secret(&client, &app_ns, "kv").await.expect("kv");
     let db = secret(&client, &app_ns, "db").await.expect("db");
     let standby = names
@@ -437,21 +440,65 @@ async fn the_chart_runs_on_the_node_and_workloads_consume_its_secrets() {
         .find(|n| **n != leader)
         .expect("standby")
         .clone();
+    // The leader's own account of its shutdown, for the failure message: the pod and its
+    // log are gone once it exits.
+    let leader_log = std::env::temp_dir().join(format!("vaultsync-{op_ns}-leader.log"));
+    let mut follow = kubectl()
+        .args(["-n", &op_ns, "logs", "-f", "--timestamps", &leader])
+        .stdout(std::fs::File::create(&leader_log).expect("leader log file"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl logs -f");
     let gone = Instant::now();
     Api::<Pod>::namespaced(client.clone(), &op_ns)
         .delete(&leader, &DeleteParams::default())
         .await
         .expect("delete the leader pod");
-    common::wait_until(
-        LEASE_DURATION + Duration::from_secs(15),
-        "the standby to take the Lease",
-        || async {
-            (lease_holder(&client, &op_ns).await.as_deref() == Some(standby.as_str())).then_some(())
-        },
-    )
-    .await;
+    let deadline = gone + LEASE_DURATION + Duration::from_secs(15);
+    let successor = loop {
+        if let Some(holder) = lease_holder(&client, &op_ns).await.filter(|h| *h != leader) {
+            let live = ready_pods(&client, &op_ns, &release.selector()).await;
+            if live.iter().any(|p| name(p) == holder) {
+                break holder;
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = follow.kill();
+            let _ = follow.wait();
+            let lease = kubectl()
+                .args([
+                    "-n",
+                    &op_ns,
+                    "get",
+                    "lease",
+                    "vaultsync-leader",
+                    "-o",
+                    "yaml",
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            panic!(
+                "no replica took the Lease within {:?} of the leader pod's deletion\n\
+                 --- lease\n{lease}\n--- leader {leader}'s log\n{}\n--- standby {standby}\n{}\n{}",
+                deadline - gone,
+                std::fs::read_to_string(&leader_log).unwrap_or_default(),
+                logs(&op_ns, &standby),
+                diagnose(&op_ns),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     let takeover = gone.elapsed();
-    eprintln!("standby {standby} took over {takeover:?} after the leader pod was deleted");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let _ = std::fs::remove_file(&leader_log);
+    let who = if successor == standby {
+        "the standby"
+    } else {
+        "the replacement pod"
+    };
+    eprintln!("{who} {successor} took over {takeover:?} after the leader pod was deleted");
     assert!(
         takeover <= LEASE_DURATION,
         "takeover within the lease duration, took {takeover:?}"
