@@ -37,10 +37,10 @@ pub struct Context {
     /// event with that version is the operator's own write and triggers nothing. Any
     /// other writer makes a new version, whatever field manager it claims.
     own_writes: Mutex<HashMap<(String, String), String>>,
-    /// When this process started: a restart does not re-read every settled copy at once.
-    pub started: std::time::Instant,
-    /// The same, on the wall clock, to tell copies settled by an earlier process.
-    pub started_at: jiff::Timestamp,
+    /// When the running generation of controllers started (the process, or its last
+    /// rebuild, `crate::rebuild`), by the monotonic and the wall clock: a start does not
+    /// re-read every settled copy at once, and copies settled before it are told apart.
+    epoch: Mutex<(std::time::Instant, jiff::Timestamp)>,
     /// Routine refreshes give way to first syncs, spec changes and repairs.
     pub lanes: Lanes,
 }
@@ -66,10 +66,20 @@ impl Context {
             hmac_key,
             failures: Mutex::default(),
             own_writes: Mutex::default(),
-            started: std::time::Instant::now(),
-            started_at: jiff::Timestamp::now(),
+            epoch: Mutex::new((std::time::Instant::now(), jiff::Timestamp::now())),
             lanes,
         })
+    }
+
+    /// When the running generation of controllers started.
+    pub fn epoch(&self) -> (std::time::Instant, jiff::Timestamp) {
+        *self.epoch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the start of a generation of controllers.
+    pub fn begin_epoch(&self) {
+        *self.epoch.lock().unwrap_or_else(|e| e.into_inner()) =
+            (std::time::Instant::now(), jiff::Timestamp::now());
     }
 
     fn key<K: SyncedResource>(obj: &K) -> (&'static str, String, String) {
@@ -145,17 +155,16 @@ impl Context {
     /// then a first sync can create the Secret without reading it first (the create
     /// fails if one exists after all). `false` whenever the caches cannot say.
     pub fn no_managed_secret(&self, namespace: &str, name: &str) -> bool {
-        let Some(stores) = self.metrics.secret_caches.get() else {
-            return false;
-        };
+        let stores = self.metrics.secret_caches.get();
         let key = ObjectRef::new(name).within(namespace);
-        stores.iter().all(|store| {
-            store
-                .wait_until_ready()
-                .now_or_never()
-                .is_some_and(|r| r.is_ok())
-                && store.get(&key).is_none()
-        })
+        !stores.is_empty()
+            && stores.iter().all(|store| {
+                store
+                    .wait_until_ready()
+                    .now_or_never()
+                    .is_some_and(|r| r.is_ok())
+                    && store.get(&key).is_none()
+            })
     }
 
     /// Publishes an Event on `obj`. Notes never contain values; a failure to publish is

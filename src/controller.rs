@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::expiry::Owners;
 use crate::leader::become_leader;
 use crate::metrics::Metrics;
+use crate::rebuild::CacheSize;
 use crate::secret_watch::SecretEvents;
 use crate::sync::{self, SyncedResource};
 
@@ -108,34 +109,17 @@ fn error_policy_guarded<K: SyncedResource>(
     }
 }
 
-/// One controller of kind `K` over one scope (a namespace, or all), fed by the scope's
-/// watch of the managed Secrets.
-fn controller_for<K: SyncedResource>(
-    ctx: Arc<Context>,
-    namespace: Option<&str>,
-    secret_events: SecretEvents,
-    only: Option<Arc<HashSet<String>>>,
-    owners: &mut Vec<Owners>,
-    resources: &mut Vec<Store<DeserializeGuard<K>>>,
-) -> impl std::future::Future<Output = ()> + Send + use<K> {
-    let objects = match namespace {
-        Some(ns) => Api::<DeserializeGuard<K>>::namespaced(ctx.client.clone(), ns),
-        None => Api::<DeserializeGuard<K>>::all(ctx.client.clone()),
-    };
-    // Only spec changes (generation) trigger a reconcile: the operator's own status
-    // writes must not, or every sync would schedule the next one at once.
-    let (object_reader, object_writer) = reflector::store();
-    let object_events = crate::triggers::spec_changes(
-        crate::scope::filter(
-            watcher(objects, watcher::Config::default().any_semantic()).default_backoff(),
-            only,
-        )
-        .modify(trim_resource::<K>)
-        .reflect(object_writer),
-    );
-    resources.push(object_reader.clone());
-    let known = object_reader.clone();
-    owners.push(Box::new(move || {
+/// A controller that runs, and its cache of resources.
+struct Running<K: SyncedResource> {
+    run: future::BoxFuture<'static, ()>,
+    cache: Store<DeserializeGuard<K>>,
+    size: CacheSize,
+}
+
+/// The uids of the resources in `cache`: the owners the expiry collector may act for.
+fn owner_uids<K: SyncedResource>(cache: &Store<DeserializeGuard<K>>) -> Owners {
+    let known = cache.clone();
+    Box::new(move || {
         known
             .state()
             .iter()
@@ -144,12 +128,47 @@ fn controller_for<K: SyncedResource>(
                 Err(invalid) => invalid.metadata.uid.clone(),
             })
             .collect()
-    }));
+    })
+}
+
+/// One controller of kind `K` over one scope (a namespace, or all), fed by the scope's
+/// watch of the managed Secrets, until `stop`.
+fn controller_for<K: SyncedResource>(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    secret_events: SecretEvents,
+    only: Option<Arc<HashSet<String>>>,
+    stop: &Stop,
+) -> Running<K> {
+    let objects = match namespace {
+        Some(ns) => Api::<DeserializeGuard<K>>::namespaced(ctx.client.clone(), ns),
+        None => Api::<DeserializeGuard<K>>::all(ctx.client.clone()),
+    };
+    // Only spec changes (generation) trigger a reconcile: the operator's own status
+    // writes must not, or every sync would schedule the next one at once.
+    let (object_reader, object_writer) = reflector::store();
+    let size = {
+        let counted = object_reader.clone();
+        CacheSize::new(move || counted.len())
+    };
+    let object_events = crate::triggers::spec_changes(
+        crate::scope::filter(
+            watcher(objects, watcher::Config::default().any_semantic()).default_backoff(),
+            only,
+        )
+        .modify(trim_resource::<K>)
+        .reflect(object_writer)
+        .inspect({
+            let size = size.clone();
+            move |_| size.observe()
+        }),
+    );
+    let cache = object_reader.clone();
     let concurrency = ctx.config.defaults.concurrency;
-    Controller::for_stream(object_events, object_reader)
+    let run = Controller::for_stream(object_events, object_reader)
         .owns_stream(secret_events)
         .with_config(ControllerConfig::default().concurrency(concurrency))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(stop.requested())
         .run(reconcile_guarded::<K>, error_policy_guarded::<K>, ctx)
         .for_each(|result| {
             if let Err(e) = result {
@@ -157,10 +176,159 @@ fn controller_for<K: SyncedResource>(
             }
             future::ready(())
         })
+        .boxed();
+    Running { run, cache, size }
+}
+
+/// Asks one generation's controllers to stop taking work; they end once the reconciles
+/// in flight have finished.
+struct Stop(future::Shared<futures::channel::oneshot::Receiver<()>>);
+
+impl Stop {
+    fn new() -> (futures::channel::oneshot::Sender<()>, Self) {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        (tx, Self(rx.shared()))
+    }
+
+    fn requested(&self) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+        self.0.clone().map(|_| ())
+    }
+}
+
+/// One generation of the controllers: per watched scope, the managed-Secrets watch and a
+/// controller per kind; and over their caches, the expiry collector and housekeeping.
+struct Generation {
+    controllers: future::JoinAll<future::BoxFuture<'static, ()>>,
+    /// The watches' drivers, the collector and housekeeping: aborted when it ends.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The sizes of its resource caches.
+    sizes: Vec<CacheSize>,
+}
+
+impl Generation {
+    fn start(ctx: &Arc<Context>, scopes: &crate::scope::Scopes, stop: &Stop) -> Self {
+        ctx.begin_epoch();
+        let mut stores = Vec::new();
+        let mut owners = Vec::new();
+        let mut controllers = Vec::new();
+        let mut vault_secrets = Vec::new();
+        let mut azure_secrets = Vec::new();
+        let mut tasks = Vec::new();
+        let mut sizes = Vec::new();
+        for scope in &scopes.watches {
+            let secrets =
+                crate::secret_watch::start(ctx.clone(), scope.as_deref(), scopes.only.clone());
+            stores.push(secrets.store.clone());
+            tasks.push(secrets.driver);
+            let vault = controller_for::<VaultSecret>(
+                ctx.clone(),
+                scope.as_deref(),
+                secrets.vault,
+                scopes.only.clone(),
+                stop,
+            );
+            let azure = controller_for::<AzureKeyVaultSecret>(
+                ctx.clone(),
+                scope.as_deref(),
+                secrets.azure,
+                scopes.only.clone(),
+                stop,
+            );
+            owners.extend([owner_uids(&vault.cache), owner_uids(&azure.cache)]);
+            sizes.extend([vault.size, azure.size]);
+            controllers.extend([vault.run, azure.run]);
+            vault_secrets.push(vault.cache);
+            azure_secrets.push(azure.cache);
+        }
+        ctx.metrics.secret_caches.set(stores.clone());
+        tasks.push(tokio::spawn(crate::expiry::run_collector(
+            ctx.clone(),
+            stores,
+            owners,
+        )));
+        tasks.push(tokio::spawn(crate::janitor::run(
+            ctx.clone(),
+            vault_secrets,
+            azure_secrets,
+        )));
+        Self {
+            controllers: future::join_all(controllers),
+            tasks,
+            sizes,
+        }
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Why a generation of controllers ended.
+enum End {
+    /// SIGTERM or SIGINT, or the controllers ended by themselves.
+    Shutdown,
+    /// Another replica may hold the Lease now.
+    LostLease,
+    /// Its caches shrank (`crate::rebuild`): a new generation takes over.
+    Shrunk { peak: usize, live: usize },
+}
+
+/// Counts SIGTERMs and SIGINTs, from the start of the process: a signal between two
+/// generations of controllers is not lost.
+fn signals() -> tokio::sync::watch::Receiver<u32> {
+    let (tx, rx) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(async move {
+        loop {
+            crate::leader::shutdown_signal().await;
+            tx.send_modify(|n| *n += 1);
+        }
+    });
+    rx
+}
+
+/// Resolves when this process stops being the leader (never without leader election).
+async fn lost(leading: Option<&mut tokio::sync::watch::Receiver<bool>>) {
+    match leading {
+        Some(leading) => {
+            let _ = leading.wait_for(|is_leader| !is_leader).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs one generation until it ends, and drains it: a shutdown or a rebuild lets the
+/// reconciles in flight finish (a second signal, or losing the Lease, cuts that short).
+async fn run_generation(
+    ctx: &Arc<Context>,
+    scopes: &crate::scope::Scopes,
+    signals: &mut tokio::sync::watch::Receiver<u32>,
+    mut leading: Option<&mut tokio::sync::watch::Receiver<bool>>,
+) -> End {
+    let (stop_tx, stop) = Stop::new();
+    let mut generation = Generation::start(ctx, scopes, &stop);
+    let end = tokio::select! {
+        _ = &mut generation.controllers => return End::Shutdown,
+        _ = signals.wait_for(|n| *n >= 1) => End::Shutdown,
+        _ = lost(leading.as_deref_mut()) => return End::LostLease,
+        (peak, live) = crate::rebuild::until_shrunk(&generation.sizes) => {
+            End::Shrunk { peak, live }
+        }
+    };
+    let _ = stop_tx.send(());
+    tokio::select! {
+        _ = &mut generation.controllers => end,
+        _ = signals.wait_for(|n| *n >= 2) => End::Shutdown,
+        _ = lost(leading) => End::LostLease,
+    }
 }
 
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let mut signals = signals();
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -202,85 +370,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let (mut leading, release) = leadership.unzip();
 
     let key = hmac_key(&client, &config.operator_namespace).await?;
     let ctx = Arc::new(Context::new(client, config, metrics, key)?);
-
-    let mut stores = Vec::new();
-    let mut owners = Vec::new();
     let scopes = crate::scope::plan(&ctx.client, &ctx.config.watch_namespaces).await;
-    let mut controllers = Vec::new();
-    let mut vault_secrets = Vec::new();
-    let mut azure_secrets = Vec::new();
-    let mut drivers = Vec::new();
-    for scope in &scopes.watches {
-        let secrets =
-            crate::secret_watch::start(ctx.clone(), scope.as_deref(), scopes.only.clone());
-        stores.push(secrets.store.clone());
-        drivers.push(secrets.driver);
-        controllers.push(
-            controller_for::<VaultSecret>(
-                ctx.clone(),
-                scope.as_deref(),
-                secrets.vault,
-                scopes.only.clone(),
-                &mut owners,
-                &mut vault_secrets,
-            )
-            .boxed(),
-        );
-        controllers.push(
-            controller_for::<AzureKeyVaultSecret>(
-                ctx.clone(),
-                scope.as_deref(),
-                secrets.azure,
-                scopes.only.clone(),
-                &mut owners,
-                &mut azure_secrets,
-            )
-            .boxed(),
-        );
-    }
-    let _ = ctx.metrics.secret_caches.set(stores.clone());
-    let collector = tokio::spawn(crate::expiry::run_collector(ctx.clone(), stores, owners));
-    let janitor = tokio::spawn(crate::janitor::run(
-        ctx.clone(),
-        vault_secrets,
-        azure_secrets,
-    ));
     tracing::info!(
         watches = ?scopes.watches,
         namespaces = ?ctx.config.watch_namespaces,
         "vaultsync controllers started"
     );
-
-    let controllers = future::join_all(controllers);
-    let result = match leadership {
-        None => {
-            controllers.await;
-            Ok(())
-        }
-        Some((mut leading, release)) => {
-            let outcome = tokio::select! {
-                _ = controllers => Ok(()),
-                _ = leading.wait_for(|is_leader| !is_leader) => {
-                    // Another replica may hold the Lease now: stop writing at once. The
-                    // process exits so that its restart rejoins as a standby.
-                    Err(anyhow::anyhow!("lost the leader Lease; exiting"))
+    let result = loop {
+        match run_generation(&ctx, &scopes, &mut signals, leading.as_mut()).await {
+            End::Shutdown => break Ok(()),
+            // Stop writing at once; the process exits so that its restart rejoins as a
+            // standby.
+            End::LostLease => break Err(anyhow::anyhow!("lost the leader Lease; exiting")),
+            End::Shrunk { peak, live } => {
+                ctx.metrics.controller_rebuilds.inc();
+                tracing::info!(
+                    peak,
+                    live,
+                    "rebuilding the controllers and their caches: most resources went, and this gives their memory back"
+                );
+                if *signals.borrow() > 0 {
+                    break Ok(());
                 }
-            };
-            // Dropping the channel makes the manager release the Lease for a fast handover.
-            drop(leading);
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), release).await;
-            outcome
+            }
         }
     };
-    tracing::info!("shutting down");
-    collector.abort();
-    janitor.abort();
-    for driver in drivers {
-        driver.abort();
+    // Dropping the channel makes the manager release the Lease for a fast handover.
+    drop(leading);
+    if let Some(release) = release {
+        let _ = tokio::time::timeout(Duration::from_secs(5), release).await;
     }
+    tracing::info!("shutting down");
     server.abort();
     if let Some(webhook) = webhook {
         webhook.abort();

@@ -18,6 +18,7 @@ pub mod janitor;
 pub mod leader;
 pub mod metrics;
 pub mod ownership;
+pub mod rebuild;
 pub mod scope;
 pub mod secret_watch;
 pub mod sync;

@@ -1,7 +1,7 @@
 //! Prometheus metrics (prometheus-client). Labels carry kinds, reasons, backends and
 //! object names, never values.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -18,8 +18,23 @@ use prometheus_client::registry::Registry;
 
 use crate::ownership::{expires_at, vaultsync_controller};
 
-/// The caches of the managed-Secrets watches (one per scope), set once they start.
-pub type SecretCaches = Arc<OnceLock<Vec<Store<PartialObjectMeta<Secret>>>>>;
+/// The caches of the managed-Secrets watches (one per scope) of the running generation of
+/// controllers, replaced when the controllers are rebuilt (`crate::rebuild`).
+#[derive(Clone, Debug, Default)]
+pub struct SecretCaches(Arc<RwLock<Vec<Store<PartialObjectMeta<Secret>>>>>);
+
+impl SecretCaches {
+    /// The caches now (cheap handles; empty before the controllers start).
+    pub fn get(&self) -> Vec<Store<PartialObjectMeta<Secret>>> {
+        self.0.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn set(&self, stores: Vec<Store<PartialObjectMeta<Secret>>>) {
+        if let Ok(mut current) = self.0.write() {
+            *current = stores;
+        }
+    }
+}
 
 /// `secret_expiry_timestamp_seconds`, read from the managed-Secrets caches at each scrape:
 /// one series per Secret a vaultsync resource controls, with its `expires-at` mark. It
@@ -35,7 +50,7 @@ impl Collector for ExpiryCollector {
             None,
             MetricType::Gauge,
         )?;
-        for store in self.0.get().into_iter().flatten() {
+        for store in self.0.get() {
             for secret in store.state() {
                 let meta = &secret.metadata;
                 let (Some(mark), Some(_)) = (expires_at(meta), vaultsync_controller(meta)) else {
@@ -104,6 +119,8 @@ pub struct Metrics {
     /// The managed-Secrets caches, which the expiry gauge is read from.
     pub secret_caches: SecretCaches,
     pub queue_depth: Gauge,
+    /// Times the controllers were rebuilt to give back the memory of resources that went.
+    pub controller_rebuilds: Counter,
 }
 
 impl Default for Metrics {
@@ -167,6 +184,12 @@ impl Default for Metrics {
             "Reconciles running or waiting for a concurrency slot",
             queue_depth.clone(),
         );
+        let controller_rebuilds = Counter::default();
+        registry.register(
+            "controller_rebuilds",
+            "Times the controllers and their watch caches were rebuilt after most resources went, to give their memory back",
+            controller_rebuilds.clone(),
+        );
         Self {
             registry,
             syncs,
@@ -179,6 +202,7 @@ impl Default for Metrics {
             heap_resident,
             secret_caches,
             queue_depth,
+            controller_rebuilds,
         }
     }
 }
@@ -270,7 +294,7 @@ mod tests {
         let foreign = secret("other", Some("v1"));
         writer.apply_watcher_event(&watcher::Event::Apply(ours.clone()));
         writer.apply_watcher_event(&watcher::Event::Apply(foreign));
-        metrics.secret_caches.set(vec![store]).expect("set once");
+        metrics.secret_caches.set(vec![store]);
         let text = metrics.encode();
         let series: Vec<&str> = text
             .lines()

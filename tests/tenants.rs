@@ -650,3 +650,136 @@ async fn a_burst_in_one_namespace_does_not_hold_back_another_namespaces_resource
     );
     e2e::assert_no_leak(&client, &ns_a, &op, &[&value_a]).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Rebuilt controllers: the memory of resources that went is given back, and the rest
+// carry on as if nothing happened
+
+const KV_READS: &str =
+    "vaultsync_backend_requests_total{backend=\"vault\",operation=\"kv_read\",outcome=\"ok\"}";
+const DB_ISSUED: &str = "vaultsync_backend_requests_total{backend=\"vault\",operation=\"database_creds\",outcome=\"ok\"}";
+const REBUILDS: &str = "vaultsync_controller_rebuilds_total";
+
+#[tokio::test]
+async fn when_most_resources_go_the_controllers_are_rebuilt_and_the_rest_are_not_reread() {
+    let (client, ns) = e2e::setup("e2e-rebuild").await;
+    let role = e2e::dynamic_tenant(&client, &ns).await;
+    e2e::database_role(&ns, 3600, 7200).await;
+    vaultrs::kv2::set(
+        &e2e::root_vault(),
+        "secret",
+        &format!("{ns}/app"),
+        &json!({"password": e2e::canary("rebuild")}),
+    )
+    .await
+    .expect("seed");
+    // Nine resources make the peak; a floor of eight lets two left over trigger a rebuild.
+    let op = Operator::start_with(
+        &ns,
+        e2e::OperatorOptions::default().env(vaultsync::rebuild::FLOOR_ENV, "8"),
+    )
+    .await;
+    let source = format!("kv: {{mount: secret, path: {ns}/app}}");
+    for i in 0..8 {
+        apply(
+            &client,
+            &ns,
+            &vault_secret(&format!("k{i}"), &role, &source, ""),
+        )
+        .await;
+    }
+    apply(&client, &ns, &e2e::database_secret(&role, &ns, "")).await;
+    for i in 0..8 {
+        wait_ready(
+            &client,
+            &ns,
+            "VaultSecret",
+            &format!("k{i}"),
+            "True",
+            "Synced",
+        )
+        .await;
+    }
+    let db_status = wait_ready(&client, &ns, "VaultSecret", "db", "True", "Synced").await;
+    let lease = db_status["lease"]["id"]
+        .as_str()
+        .expect("lease id")
+        .to_string();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let version = |s: Secret| s.metadata.resource_version.expect("resourceVersion");
+    let kept = version(secrets.get("k0").await.expect("k0"));
+    let db = version(secrets.get("db").await.expect("db"));
+    let (reads, issued) = (
+        op.present_metric(KV_READS).await,
+        op.present_metric(DB_ISSUED).await,
+    );
+    assert_eq!(op.metric(REBUILDS).await, Some(0.0), "no rebuild yet");
+
+    for i in 1..8 {
+        e2e::vault_secrets(&client, &ns)
+            .delete(&format!("k{i}"), &Default::default())
+            .await
+            .expect("delete");
+    }
+    common::wait_until(
+        Duration::from_secs(30),
+        "the controllers to be rebuilt",
+        || {
+            let op = &op;
+            async move { (op.metric(REBUILDS).await? >= 1.0).then_some(()) }
+        },
+    )
+    .await;
+    // The new generation reconciles both at once, and finds them settled.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        op.present_metric(KV_READS).await,
+        reads,
+        "k0 was not read again"
+    );
+    assert_eq!(
+        op.present_metric(DB_ISSUED).await,
+        issued,
+        "no lease was issued"
+    );
+    assert_eq!(
+        version(secrets.get("k0").await.expect("k0")),
+        kept,
+        "k0 not rewritten"
+    );
+    assert_eq!(
+        version(secrets.get("db").await.expect("db")),
+        db,
+        "db not rewritten"
+    );
+    let db_status = status(&client, &ns, "VaultSecret", "db").await;
+    assert_eq!(
+        db_status["lease"]["id"].as_str(),
+        Some(lease.as_str()),
+        "the lease is kept"
+    );
+
+    // The new generation works: a new resource syncs, an edited copy is repaired.
+    apply(&client, &ns, &vault_secret("after", &role, &source, "")).await;
+    wait_ready(&client, &ns, "VaultSecret", "after", "True", "Synced").await;
+    secrets
+        .patch(
+            "k0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"password": "ZWRpdGVk"}})),
+        )
+        .await
+        .expect("edit k0");
+    common::wait_until(
+        Duration::from_secs(30),
+        "the edited copy to be repaired",
+        || {
+            let secrets = &secrets;
+            async move {
+                let k0 = secrets.get("k0").await.ok()?;
+                (value(&k0, "password").as_deref() != Some("edited")).then_some(())
+            }
+        },
+    )
+    .await;
+}

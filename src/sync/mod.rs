@@ -228,13 +228,14 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
         copy_intact,
         "prior state"
     );
+    let (started, started_at) = ctx.epoch();
     if !K::Backend::issues(&request)
         && prior.lease.is_none()
         && copy_intact
-        && settled_before(obj, &recorded, ctx.started_at)
+        && settled_before(obj, &recorded, started_at)
         && let Some(mark) = existing.as_ref().and_then(plan::mark_of)
         && let Some(delay) = schedule::resume_delay(
-            ctx.started.elapsed(),
+            started.elapsed(),
             Timestamp::now(),
             mark,
             timing.refresh_interval,
