@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::ObjectRef;
@@ -158,13 +157,9 @@ impl Context {
         let stores = self.metrics.secret_caches.get();
         let key = ObjectRef::new(name).within(namespace);
         !stores.is_empty()
-            && stores.iter().all(|store| {
-                store
-                    .wait_until_ready()
-                    .now_or_never()
-                    .is_some_and(|r| r.is_ok())
-                    && store.get(&key).is_none()
-            })
+            && stores
+                .iter()
+                .all(|(store, listed)| listed.is_listed() && store.get(&key).is_none())
     }
 
     /// Publishes an Event on `obj`. Notes never contain values; a failure to publish is

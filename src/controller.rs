@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::context::{Context, hmac_key};
 use crate::error::Error;
 use crate::expiry::Owners;
-use crate::leader::become_leader;
+use crate::leader::{become_leader, signalled};
 use crate::metrics::Metrics;
 use crate::rebuild::CacheSize;
 use crate::secret_watch::SecretEvents;
@@ -160,7 +160,7 @@ fn controller_for<K: SyncedResource>(
         .reflect(object_writer)
         .inspect({
             let size = size.clone();
-            move |_| size.observe()
+            move |event| size.observe(event)
         }),
     );
     let cache = object_reader.clone();
@@ -215,10 +215,12 @@ impl Generation {
         let mut azure_secrets = Vec::new();
         let mut tasks = Vec::new();
         let mut sizes = Vec::new();
+        let mut secret_lists = Vec::new();
         for scope in &scopes.watches {
             let secrets =
                 crate::secret_watch::start(ctx.clone(), scope.as_deref(), scopes.only.clone());
             stores.push(secrets.store.clone());
+            secret_lists.push(secrets.listed.clone());
             tasks.push(secrets.driver);
             let vault = controller_for::<VaultSecret>(
                 ctx.clone(),
@@ -240,16 +242,21 @@ impl Generation {
             vault_secrets.push(vault.cache);
             azure_secrets.push(azure.cache);
         }
-        ctx.metrics.secret_caches.set(stores.clone());
+        ctx.metrics
+            .secret_caches
+            .set(stores.iter().cloned().zip(secret_lists.clone()).collect());
         tasks.push(tokio::spawn(crate::expiry::run_collector(
             ctx.clone(),
             stores,
+            secret_lists,
             owners,
         )));
+        let listed = sizes.iter().map(|s| s.listed.clone()).collect();
         tasks.push(tokio::spawn(crate::janitor::run(
             ctx.clone(),
             vault_secrets,
             azure_secrets,
+            listed,
         )));
         Self {
             controllers: future::join_all(controllers),
@@ -277,19 +284,6 @@ enum End {
     Shrunk { peak: usize, live: usize },
 }
 
-/// Counts SIGTERMs and SIGINTs, from the start of the process: a signal between two
-/// generations of controllers is not lost.
-fn signals() -> tokio::sync::watch::Receiver<u32> {
-    let (tx, rx) = tokio::sync::watch::channel(0u32);
-    tokio::spawn(async move {
-        loop {
-            crate::leader::shutdown_signal().await;
-            tx.send_modify(|n| *n += 1);
-        }
-    });
-    rx
-}
-
 /// Resolves when this process stops being the leader (never without leader election).
 async fn lost(leading: Option<&mut tokio::sync::watch::Receiver<bool>>) {
     match leading {
@@ -312,7 +306,7 @@ async fn run_generation(
     let mut generation = Generation::start(ctx, scopes, &stop);
     let end = tokio::select! {
         _ = &mut generation.controllers => return End::Shutdown,
-        _ = signals.wait_for(|n| *n >= 1) => End::Shutdown,
+        _ = signalled(signals, 1) => End::Shutdown,
         _ = lost(leading.as_deref_mut()) => return End::LostLease,
         (peak, live) = crate::rebuild::until_shrunk(&generation.sizes) => {
             End::Shrunk { peak, live }
@@ -321,14 +315,14 @@ async fn run_generation(
     let _ = stop_tx.send(());
     tokio::select! {
         _ = &mut generation.controllers => end,
-        _ = signals.wait_for(|n| *n >= 2) => End::Shutdown,
+        _ = signalled(signals, 2) => End::Shutdown,
         _ = lost(leading) => End::LostLease,
     }
 }
 
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let mut signals = signals();
+    let mut signals = crate::leader::signals();
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -356,11 +350,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ => None,
     };
 
-    wait_for_crds(&client).await?;
+    tokio::select! {
+        ready = wait_for_crds(&client) => ready?,
+        _ = signalled(&mut signals, 1) => return Ok(()),
+    }
     // A standby is ready too: it serves health and takes over when the leader goes.
     ready.store(true, Ordering::SeqCst);
     let leadership = if config.leader_election.enabled {
-        match become_leader(&client, &config).await? {
+        match become_leader(&client, &config, &mut signals).await? {
             Some(leadership) => Some(leadership),
             None => {
                 server.abort();
@@ -393,6 +390,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     live,
                     "rebuilding the controllers and their caches: most resources went, and this gives their memory back"
                 );
+                // A signal during the drain: no new generation to start.
                 if *signals.borrow() > 0 {
                     break Ok(());
                 }

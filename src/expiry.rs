@@ -83,8 +83,13 @@ pub fn expired<'a>(
 pub async fn run_collector(
     ctx: Arc<Context>,
     stores: Vec<Store<PartialObjectMeta<Secret>>>,
+    listed: Vec<crate::rebuild::Listed>,
     owners: Vec<Owners>,
 ) {
+    // Counted once listed: a new generation's empty caches are not "no managed Secrets".
+    for cache in &listed {
+        cache.wait().await;
+    }
     let mut tick = tokio::time::interval(INTERVAL);
     loop {
         tick.tick().await;

@@ -60,14 +60,20 @@ pub async fn sweep<K: SyncedResource>(ctx: &Context, stores: &[Store<Deserialize
     tracing::debug!(kind = K::KIND, live = objects.len(), "housekeeping pass");
 }
 
-/// Runs the pass every `housekeepingInterval`. It needs no complete listing first: a
-/// resource is in its watch cache before it is reconciled, so anything cached for it is
-/// matched, and a token is revoked only when unused at two passes in a row.
+/// Runs the pass every `housekeepingInterval`, once every cache in `listed` has its first
+/// complete listing: the state it forgets outlives a generation of controllers
+/// (`crate::rebuild`), and a cache still listing would make every resource look gone
+/// (failure counts forgotten, every Vault token one pass from revocation). A token is
+/// revoked only when unused at two passes in a row.
 pub async fn run(
     ctx: Arc<Context>,
     vault: Vec<Store<DeserializeGuard<VaultSecret>>>,
     azure: Vec<Store<DeserializeGuard<AzureKeyVaultSecret>>>,
+    listed: Vec<crate::rebuild::Listed>,
 ) {
+    for cache in &listed {
+        cache.wait().await;
+    }
     let mut tick = tokio::time::interval(ctx.config.housekeeping_interval);
     loop {
         tick.tick().await;

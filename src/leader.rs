@@ -7,30 +7,50 @@ use kube::{Api, Client};
 
 use crate::config::Config;
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+/// Counts SIGTERMs and SIGINTs from the moment it is called, so that none is missed
+/// between two phases of the process (start, leader election, one generation of
+/// controllers and the next). Once called, the signals no longer end the process by
+/// themselves: whoever holds the receiver must watch it (see [`signalled`]).
+pub fn signals() -> tokio::sync::watch::Receiver<u32> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = tokio::sync::watch::channel(0u32);
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::spawn(async move {
+                loop {
+                    let received = tokio::select! {
+                        r = term.recv() => r,
+                        r = int.recv() => r,
+                    };
+                    if received.is_none() {
+                        break;
+                    }
+                    tx.send_modify(|n| *n += 1);
+                }
+            });
         }
+        _ => tracing::warn!("cannot listen for SIGTERM and SIGINT: stop the process with SIGKILL"),
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    rx
+}
+
+/// Resolves once `n` signals have been counted (never if the count cannot change).
+pub async fn signalled(signals: &mut tokio::sync::watch::Receiver<u32>, n: u32) {
+    if signals.wait_for(|count| *count >= n).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Leader election: waits until this process holds the Lease. Returns the channel that
 /// reports losing it, and the task that releases the Lease when the channel is dropped.
-/// Returns `None` when a shutdown signal comes first.
+/// Returns `None` when a shutdown signal comes first (or came before).
 pub async fn become_leader(
     client: &Client,
     config: &Config,
+    signals: &mut tokio::sync::watch::Receiver<u32>,
 ) -> anyhow::Result<
     Option<(
         tokio::sync::watch::Receiver<bool>,
@@ -44,8 +64,6 @@ pub async fn become_leader(
     });
     let duration = election.lease_duration.as_secs().max(2);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &config.operator_namespace);
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
     tracing::info!(%identity, lease = %election.lease_name, "waiting to become the leader");
     // kube-lease-manager's standby sleeps until the holder's claim would expire, even when
     // the leader released the Lease on shutdown. A watch of the Lease sees the release, and
@@ -80,7 +98,7 @@ pub async fn become_leader(
                         anyhow::bail!("leader election stopped before this process became the leader");
                     }
                 }
-                _ = &mut shutdown => return Ok(None),
+                _ = signalled(signals, 1) => return Ok(None),
                 _ = &mut released => break,
             }
         }

@@ -17,19 +17,24 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::ownership::{expires_at, vaultsync_controller};
+use crate::rebuild::Listed;
 
 /// The caches of the managed-Secrets watches (one per scope) of the running generation of
 /// controllers, replaced when the controllers are rebuilt (`crate::rebuild`).
 #[derive(Clone, Debug, Default)]
-pub struct SecretCaches(Arc<RwLock<Vec<Store<PartialObjectMeta<Secret>>>>>);
+pub struct SecretCaches(Arc<RwLock<Vec<SecretCache>>>);
+
+/// One managed-Secrets cache, and whether it has its first complete listing.
+pub type SecretCache = (Store<PartialObjectMeta<Secret>>, Listed);
 
 impl SecretCaches {
-    /// The caches now (cheap handles; empty before the controllers start).
-    pub fn get(&self) -> Vec<Store<PartialObjectMeta<Secret>>> {
+    /// The caches now, and whether each is listed (cheap handles; empty before the
+    /// controllers start).
+    pub fn get(&self) -> Vec<SecretCache> {
         self.0.read().map(|s| s.clone()).unwrap_or_default()
     }
 
-    pub fn set(&self, stores: Vec<Store<PartialObjectMeta<Secret>>>) {
+    pub fn set(&self, stores: Vec<SecretCache>) {
         if let Ok(mut current) = self.0.write() {
             *current = stores;
         }
@@ -50,7 +55,7 @@ impl Collector for ExpiryCollector {
             None,
             MetricType::Gauge,
         )?;
-        for store in self.0.get() {
+        for (store, _) in self.0.get() {
             for secret in store.state() {
                 let meta = &secret.metadata;
                 let (Some(mark), Some(_)) = (expires_at(meta), vaultsync_controller(meta)) else {
@@ -294,7 +299,7 @@ mod tests {
         let foreign = secret("other", Some("v1"));
         writer.apply_watcher_event(&watcher::Event::Apply(ours.clone()));
         writer.apply_watcher_event(&watcher::Event::Apply(foreign));
-        metrics.secret_caches.set(vec![store]);
+        metrics.secret_caches.set(vec![(store, Listed::default())]);
         let text = metrics.encode();
         let series: Vec<&str> = text
             .lines()

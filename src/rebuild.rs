@@ -4,32 +4,74 @@
 //! per queued resource) and its watches keep caches (maps); all of them keep the capacity
 //! they grew to when their entries go, and nothing outside can shrink them. After 5,000
 //! resources came and went they held about 5 MiB (`make bench-tenants`, heap profile),
-//! for good. So once a generation of controllers caches under a quarter of the most
-//! resources it cached, and that most was at least [`FLOOR`], the controllers are stopped
-//! gracefully (reconciles in flight finish first, so no resource is reconciled twice at
-//! once) and a new generation starts: one relist per watch, and the resume logic of a
-//! restart (`sync::schedule::resume_delay`) keeps settled copies from being read again at
-//! once. Below the floor the capacity is too small to pay for the relist.
+//! for good. So once a generation of controllers caches a quarter or less of the most
+//! resources it cached, that most was at least [`FLOOR`], and it is at least [`MIN_AGE`]
+//! old, the controllers are stopped gracefully (reconciles in flight finish first, so no
+//! resource is reconciled twice at once) and a new generation starts: one relist per
+//! watch, and the resume logic of a restart (`sync::schedule::resume_delay`) keeps settled
+//! copies to their refresh time. What outlives a generation (Vault tokens, failure counts,
+//! the operator's record of its writes) stays in `Context`. Below the floor the capacity
+//! is too small to pay for the relist; and a tenant who wants rebuilds must create three
+//! times what everyone else has and delete it, which costs the operator more than the
+//! rebuild does.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use kube::runtime::watcher;
+
 /// The fewest resources a generation must have cached before shrinking triggers a rebuild.
 pub const FLOOR: usize = 1_000;
 
-/// Sets [`FLOOR`] for tests, which cannot create a thousand resources each.
+/// The youngest a generation may be when it is rebuilt: a tenant who creates and deletes
+/// resources in a loop cannot make the operator relist more often than this.
+pub const MIN_AGE: Duration = Duration::from_secs(120);
+
+/// For tests, which cannot create a thousand resources each nor wait minutes: a floor in
+/// its place, and no minimum age.
 pub const FLOOR_ENV: &str = "VAULTSYNC_REBUILD_FLOOR";
 
 /// How often the caches are compared with their peaks.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 
-/// The size of one watch cache: now, and the most it held (recorded at each of its
-/// events, so that no burst is missed).
+/// Whether a watch has completed its first listing, learnt from its own events.
+/// kube-runtime's `Store::wait_until_ready` wakes only the last of several waiters (one
+/// oneshot receiver behind a lock), and a controller is already one of them.
+#[derive(Clone, Debug)]
+pub struct Listed(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Listed {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
+
+impl Listed {
+    /// Notes the end of a listing among the watch's events.
+    pub fn observe<K>(&self, event: &Result<watcher::Event<K>, watcher::Error>) {
+        if matches!(event, Ok(watcher::Event::InitDone)) {
+            self.0.send_replace(true);
+        }
+    }
+
+    pub fn is_listed(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the first listing is complete.
+    pub async fn wait(&self) {
+        let _ = self.0.subscribe().wait_for(|listed| *listed).await;
+    }
+}
+
+/// One watch cache of resources: its size now, the most it held (recorded at each of its
+/// events, so that no burst is missed), and whether it is listed.
 #[derive(Clone)]
 pub struct CacheSize {
     len: Arc<dyn Fn() -> usize + Send + Sync>,
     peak: Arc<AtomicUsize>,
+    pub listed: Listed,
 }
 
 impl CacheSize {
@@ -37,11 +79,13 @@ impl CacheSize {
         Self {
             len: Arc::new(len),
             peak: Arc::default(),
+            listed: Listed::default(),
         }
     }
 
-    /// Records the cache's size now as a candidate peak.
-    pub fn observe(&self) {
+    /// Records one event of the cache's watch, once the cache has applied it.
+    pub fn observe<K>(&self, event: &Result<watcher::Event<K>, watcher::Error>) {
+        self.listed.observe(event);
         self.peak.fetch_max((self.len)(), Ordering::Relaxed);
     }
 }
@@ -52,19 +96,21 @@ pub fn shrunk(peak: usize, live: usize, floor: usize) -> bool {
     peak >= floor && live.saturating_mul(4) <= peak
 }
 
-/// The floor: [`FLOOR`], or a positive number in [`FLOOR_ENV`].
-pub fn floor() -> usize {
+/// The floor and the minimum age: [`FLOOR`] and [`MIN_AGE`], or a positive number in
+/// [`FLOOR_ENV`] and none.
+fn tuning() -> (usize, Duration) {
     std::env::var(FLOOR_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|f| *f > 0)
-        .unwrap_or(FLOOR)
+        .map_or((FLOOR, MIN_AGE), |floor| (floor, Duration::ZERO))
 }
 
 /// Resolves, with the peak and the count now (summed over `caches`: each keeps its own
-/// capacity), once they have [`shrunk`].
+/// capacity), once they have [`shrunk`], and not before [`MIN_AGE`].
 pub async fn until_shrunk(caches: &[CacheSize]) -> (usize, usize) {
-    let floor = floor();
+    let (floor, min_age) = tuning();
+    tokio::time::sleep(min_age).await;
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -80,6 +126,7 @@ pub async fn until_shrunk(caches: &[CacheSize]) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::{CacheSize, shrunk};
+    use kube::runtime::watcher;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -103,11 +150,15 @@ mod tests {
             let len = len.clone();
             move || len.load(Ordering::Relaxed)
         });
+        let event: Result<watcher::Event<()>, watcher::Error> = Ok(watcher::Event::Init);
         for n in [3, 9, 2] {
             len.store(n, Ordering::Relaxed);
-            size.observe();
+            size.observe(&event);
         }
         assert_eq!(size.peak.load(Ordering::Relaxed), 9);
         assert_eq!((size.len)(), 2);
+        assert!(!size.listed.is_listed());
+        size.observe::<()>(&Ok(watcher::Event::InitDone));
+        assert!(size.listed.is_listed());
     }
 }

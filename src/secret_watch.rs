@@ -34,6 +34,8 @@ pub struct SecretWatch {
     pub store: Store<PartialObjectMeta<Secret>>,
     pub vault: SecretEvents,
     pub azure: SecretEvents,
+    /// Whether the cache has its first complete listing.
+    pub listed: crate::rebuild::Listed,
     /// Drives the watch; aborted at shutdown.
     pub driver: tokio::task::JoinHandle<()>,
 }
@@ -89,9 +91,14 @@ pub fn start(
     let config =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let (store, writer) = reflector::store();
+    let listed = crate::rebuild::Listed::default();
     let events = crate::scope::filter(watcher(api, config).default_backoff(), only)
         .modify(trim_secret)
-        .reflect(writer);
+        .reflect(writer)
+        .inspect({
+            let listed = listed.clone();
+            move |event| listed.observe(event)
+        });
     let (vault_tx, vault_rx) = mpsc::unbounded();
     let (azure_tx, azure_rx) = mpsc::unbounded();
     let driver = tokio::spawn(async move {
@@ -140,6 +147,7 @@ pub fn start(
     });
     SecretWatch {
         store,
+        listed,
         vault: vault_rx.map(Ok).boxed(),
         azure: azure_rx.map(Ok).boxed(),
         driver,

@@ -659,6 +659,7 @@ const KV_READS: &str =
     "vaultsync_backend_requests_total{backend=\"vault\",operation=\"kv_read\",outcome=\"ok\"}";
 const DB_ISSUED: &str = "vaultsync_backend_requests_total{backend=\"vault\",operation=\"database_creds\",outcome=\"ok\"}";
 const REBUILDS: &str = "vaultsync_controller_rebuilds_total";
+const SYNCED: &str = "vaultsync_syncs_total{kind=\"VaultSecret\",result=\"Synced\"}";
 
 #[tokio::test]
 async fn when_most_resources_go_the_controllers_are_rebuilt_and_the_rest_are_not_reread() {
@@ -713,6 +714,8 @@ async fn when_most_resources_go_the_controllers_are_rebuilt_and_the_rest_are_not
         op.present_metric(KV_READS).await,
         op.present_metric(DB_ISSUED).await,
     );
+    let logins = op.present_metric(LOGINS).await;
+    let synced = op.present_metric(SYNCED).await;
     assert_eq!(op.metric(REBUILDS).await, Some(0.0), "no rebuild yet");
 
     for i in 1..8 {
@@ -730,8 +733,17 @@ async fn when_most_resources_go_the_controllers_are_rebuilt_and_the_rest_are_not
         },
     )
     .await;
-    // The new generation reconciles both at once, and finds them settled.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The new generation reconciles the two left (deleted resources are not reconciled),
+    // and finds them settled.
+    common::wait_until(
+        Duration::from_secs(30),
+        "the new generation to reconcile k0 and db",
+        || {
+            let op = &op;
+            async move { (op.metric(SYNCED).await? >= synced + 2.0).then_some(()) }
+        },
+    )
+    .await;
     assert_eq!(
         op.present_metric(KV_READS).await,
         reads,
@@ -762,6 +774,11 @@ async fn when_most_resources_go_the_controllers_are_rebuilt_and_the_rest_are_not
     // The new generation works: a new resource syncs, an edited copy is repaired.
     apply(&client, &ns, &vault_secret("after", &role, &source, "")).await;
     wait_ready(&client, &ns, "VaultSecret", "after", "True", "Synced").await;
+    assert_eq!(
+        op.present_metric(LOGINS).await,
+        logins,
+        "the identity's cached token outlived the old generation"
+    );
     secrets
         .patch(
             "k0",

@@ -233,16 +233,18 @@ async fn run_pipeline<K: SyncedResource>(obj: &K, ctx: &Context) -> Result<Actio
         && prior.lease.is_none()
         && copy_intact
         && settled_before(obj, &recorded, started_at)
+        && let Some(last_sync) = recorded.last_sync_time.as_ref()
         && let Some(mark) = existing.as_ref().and_then(plan::mark_of)
         && let Some(delay) = schedule::resume_delay(
             started.elapsed(),
             Timestamp::now(),
+            last_sync.0,
             mark,
             timing.refresh_interval,
             rand::random::<f64>(),
         )
     {
-        // Just started, and the copy is as this generation left it: read it later, spread.
+        // Just started, and the copy is as an earlier generation left it: read it when due.
         tracing::debug!(
             kind = K::KIND,
             name = %obj.name_any(),

@@ -187,14 +187,18 @@ pub fn backoff(attempt: u32, jitter: f64, retry_after: Option<Duration>) -> Dura
 /// How long after a start a settled copy is not read again at once (see [`resume_delay`]).
 pub const RESUME_WINDOW: Duration = Duration::from_secs(30);
 
-/// After a restart (the process is younger than [`RESUME_WINDOW`]), when to read a static
-/// source whose copy is intact and settled, instead of at once: at a random point of one
-/// refresh interval after the window, so that a restart with thousands of resources reads
+/// After a start (of the process, or of a new generation of controllers: the epoch is
+/// younger than [`RESUME_WINDOW`]), when to read a static source whose copy is intact and
+/// settled, instead of at once. A copy that was not due yet keeps its time, a refresh
+/// interval after its last sync, so that a start neither delays nor hastens it. One due
+/// within the window (or overdue, after a long stop) is read at a random point of one
+/// refresh interval after the window, so that a start with thousands of resources reads
 /// none of them in a burst and new resources go first. Only while the copy's mark keeps
 /// it valid for another window after that read; otherwise `None` (read now).
 pub fn resume_delay(
     uptime: Duration,
     now: Timestamp,
+    last_sync: Timestamp,
     mark: Timestamp,
     refresh_interval: Duration,
     jitter: f64,
@@ -202,7 +206,15 @@ pub fn resume_delay(
     if uptime >= RESUME_WINDOW {
         return None;
     }
-    let delay = RESUME_WINDOW + refresh_interval.mul_f64(jitter.clamp(0.0, 1.0));
+    let due = last_sync
+        .saturating_add(signed(refresh_interval))
+        .unwrap_or(Timestamp::MAX);
+    let until_due = unsigned(now.duration_until(due));
+    let delay = if until_due > RESUME_WINDOW {
+        until_due
+    } else {
+        RESUME_WINDOW + refresh_interval.mul_f64(jitter.clamp(0.0, 1.0))
+    };
     let needed = now
         .saturating_add(signed(delay + RESUME_WINDOW))
         .unwrap_or(Timestamp::MAX);
@@ -217,13 +229,30 @@ mod tests {
         let hour = Duration::from_secs(3600);
         let mark = now.saturating_add(signed(3 * hour)).expect("mark");
         let young = Duration::from_secs(2);
-        let delay = resume_delay(young, now, mark, hour, 0.5).expect("postponed");
+        let ago = |d: Duration| now.saturating_sub(signed(d)).expect("ts");
+        // Due (or overdue): spread over one interval after the window.
+        let delay = resume_delay(young, now, ago(hour), mark, hour, 0.5).expect("postponed");
         assert_eq!(delay, RESUME_WINDOW + hour / 2);
-        // An older process reads as usual.
-        assert_eq!(resume_delay(RESUME_WINDOW, now, mark, hour, 0.5), None);
+        let delay = resume_delay(young, now, ago(5 * hour), mark, hour, 0.5).expect("postponed");
+        assert_eq!(delay, RESUME_WINDOW + hour / 2);
+        // Not due yet: read when it would have been, whatever the jitter.
+        let synced = ago(Duration::from_secs(600));
+        for jitter in [0.0, 0.99] {
+            let delay = resume_delay(young, now, synced, mark, hour, jitter).expect("kept");
+            assert_eq!(delay, Duration::from_secs(3000));
+        }
+        // An older process or generation reads as usual.
+        assert_eq!(
+            resume_delay(RESUME_WINDOW, now, synced, mark, hour, 0.5),
+            None
+        );
         // A copy that would expire before the postponed read (and a window more) is read now.
         let soon = now.saturating_add(signed(hour)).expect("soon");
-        assert_eq!(resume_delay(young, now, soon, hour, 0.99), None);
+        assert_eq!(resume_delay(young, now, ago(hour), soon, hour, 0.99), None);
+        let at_due = now
+            .saturating_add(signed(Duration::from_secs(3000)))
+            .expect("ts");
+        assert_eq!(resume_delay(young, now, synced, at_due, hour, 0.0), None);
     }
 
     use super::*;

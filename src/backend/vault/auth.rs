@@ -215,6 +215,10 @@ impl VaultBackend {
             crate::janitor::shrink(&mut tokens);
             gone
         };
+        // The revocations run on their own: housekeeping may be stopped with its
+        // generation of controllers (`crate::rebuild`), and a token taken out of the
+        // cache must still be revoked.
+        let mut revocations = Vec::new();
         for ((connection, identity), slot) in gone {
             let cached = slot.lock().await.take();
             // A static token belongs to its Secret's owner: it is forgotten, never revoked.
@@ -225,23 +229,32 @@ impl VaultBackend {
             let Ok(conn) = self.connection(&connection) else {
                 continue;
             };
-            let revoked = conn
-                .call(
-                    &self.metrics,
-                    Call {
-                        method: reqwest::Method::POST,
-                        path: "auth/token/revoke-self",
-                        body: Some(json!({})),
-                        token: Some(&cached.token),
-                        operation: "revoke_token",
-                        what: "the revocation of an unused token",
-                    },
-                )
-                .await;
-            if let Err(e) = revoked {
-                tracing::info!(identity = %identity.describe(), error = %e, "could not revoke an unused Vault token; it ends with its TTL");
-            }
+            revocations.push((conn.clone(), identity, cached.token));
         }
+        if revocations.is_empty() {
+            return;
+        }
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            for (conn, identity, token) in revocations {
+                let revoked = conn
+                    .call(
+                        &metrics,
+                        Call {
+                            method: reqwest::Method::POST,
+                            path: "auth/token/revoke-self",
+                            body: Some(json!({})),
+                            token: Some(&token),
+                            operation: "revoke_token",
+                            what: "the revocation of an unused token",
+                        },
+                    )
+                    .await;
+                if let Err(e) = revoked {
+                    tracing::info!(identity = %identity.describe(), error = %e, "could not revoke an unused Vault token; it ends with its TTL");
+                }
+            }
+        });
     }
 
     /// Drops the cached token of an identity, after Vault refused it or before a login

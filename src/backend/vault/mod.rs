@@ -46,7 +46,8 @@ pub struct VaultRequest {
 /// The Vault backend: connections from the config, a token cache and KV mount versions.
 pub struct VaultBackend {
     kube: kube::Client,
-    connections: BTreeMap<String, Connection>,
+    /// Shared with the revocations that run on after a housekeeping pass.
+    connections: BTreeMap<String, Arc<Connection>>,
     tokens: Mutex<HashMap<(String, Identity), auth::TokenSlot>>,
     /// Identities whose token no resource used at the last `retain`.
     unused_tokens: Mutex<std::collections::HashSet<(String, Identity)>>,
@@ -59,7 +60,7 @@ impl VaultBackend {
         let connections = config
             .vault
             .iter()
-            .map(|(name, c)| Ok((name.clone(), Connection::new(name, c)?)))
+            .map(|(name, c)| Ok((name.clone(), Arc::new(Connection::new(name, c)?))))
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             kube,
@@ -78,7 +79,7 @@ impl VaultBackend {
             .await
     }
 
-    fn connection(&self, name: &str) -> Result<&Connection> {
+    fn connection(&self, name: &str) -> Result<&Arc<Connection>> {
         self.connections.get(name).ok_or_else(|| {
             Error::InvalidSpec(format!(
                 "there is no Vault connection {name:?} in the operator's configuration; known: {:?}",
