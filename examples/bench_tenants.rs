@@ -344,6 +344,12 @@ async fn heap_allocated(op: &common::Operator) -> f64 {
         .sum("vaultsync_heap_allocated_bytes", |_| true)
 }
 
+async fn heap_resident(op: &common::Operator) -> f64 {
+    op.metrics()
+        .await
+        .sum("vaultsync_heap_resident_bytes", |_| true)
+}
+
 async fn revoked_tokens(op: &common::Operator) -> f64 {
     op.metrics()
         .await
@@ -469,6 +475,16 @@ async fn main() -> anyhow::Result<()> {
     create_accounts(&client, churn).await?;
     let start = op.stats();
     let heap_start = heap_allocated(&op).await;
+    println!(
+        "{:<62}{:>16}",
+        "before: allocator resident / anon RSS / file RSS",
+        format!(
+            "{:.1} / {} / {}",
+            heap_resident(&op).await / MIB / MIB,
+            mib(start.rss_anon_kib),
+            mib(start.rss_file_kib)
+        )
+    );
     for cycle in 1..=2 {
         let (synced, loaded, after) = churn_cycle(&client, &op, churn, cycle).await?;
         let heap_after = heap_allocated(&op).await;
@@ -497,6 +513,18 @@ async fn main() -> anyhow::Result<()> {
                 "{:.1} / {:.1} MiB",
                 heap_start / MIB / MIB,
                 heap_after / MIB / MIB
+            )
+        );
+        // Where the rest of the RSS is: the allocator's pages beyond the heap, other
+        // anonymous memory (stacks, C libraries), and the binary's own pages.
+        println!(
+            "{:<62}{:>16}",
+            format!("cycle {cycle}: allocator resident / anon RSS / file RSS, after"),
+            format!(
+                "{:.1} / {} / {}",
+                heap_resident(&op).await / MIB / MIB,
+                mib(after.rss_anon_kib),
+                mib(after.rss_file_kib)
             )
         );
     }
