@@ -208,19 +208,17 @@ struct Generation {
 impl Generation {
     fn start(ctx: &Arc<Context>, scopes: &crate::scope::Scopes, stop: &Stop) -> Self {
         ctx.begin_epoch();
-        let mut stores = Vec::new();
+        let mut secret_caches = Vec::new();
         let mut owners = Vec::new();
         let mut controllers = Vec::new();
         let mut vault_secrets = Vec::new();
         let mut azure_secrets = Vec::new();
         let mut tasks = Vec::new();
         let mut sizes = Vec::new();
-        let mut secret_lists = Vec::new();
         for scope in &scopes.watches {
             let secrets =
                 crate::secret_watch::start(ctx.clone(), scope.as_deref(), scopes.only.clone());
-            stores.push(secrets.store.clone());
-            secret_lists.push(secrets.listed.clone());
+            secret_caches.push((secrets.store.clone(), secrets.listed.clone()));
             tasks.push(secrets.driver);
             let vault = controller_for::<VaultSecret>(
                 ctx.clone(),
@@ -242,13 +240,10 @@ impl Generation {
             vault_secrets.push(vault.cache);
             azure_secrets.push(azure.cache);
         }
-        ctx.metrics
-            .secret_caches
-            .set(stores.iter().cloned().zip(secret_lists.clone()).collect());
+        ctx.metrics.secret_caches.set(secret_caches.clone());
         tasks.push(tokio::spawn(crate::expiry::run_collector(
             ctx.clone(),
-            stores,
-            secret_lists,
+            secret_caches,
             owners,
         )));
         let listed = sizes.iter().map(|s| s.listed.clone()).collect();

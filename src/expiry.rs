@@ -13,10 +13,10 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::Store;
 
 use crate::context::Context;
 use crate::events::EventType;
+use crate::metrics::SecretCache;
 
 /// How often the collector looks at the managed Secrets (from the watch cache; no
 /// apiserver request unless something expired).
@@ -80,22 +80,17 @@ pub fn expired<'a>(
         .collect()
 }
 
-pub async fn run_collector(
-    ctx: Arc<Context>,
-    stores: Vec<Store<PartialObjectMeta<Secret>>>,
-    listed: Vec<crate::rebuild::Listed>,
-    owners: Vec<Owners>,
-) {
+pub async fn run_collector(ctx: Arc<Context>, caches: Vec<SecretCache>, owners: Vec<Owners>) {
     // Counted once listed: a new generation's empty caches are not "no managed Secrets".
-    for cache in &listed {
-        cache.wait().await;
+    for (_, listed) in &caches {
+        listed.wait().await;
     }
     let mut tick = tokio::time::interval(INTERVAL);
     loop {
         tick.tick().await;
         let now = Timestamp::now();
         let all: Vec<Arc<PartialObjectMeta<Secret>>> =
-            stores.iter().flat_map(|s| s.state()).collect();
+            caches.iter().flat_map(|(s, _)| s.state()).collect();
         ctx.metrics.managed_secrets.set(all.len() as i64);
         // The owners' uids are gathered only when a mark has passed: at 10,000 Secrets
         // that is 10,000 strings a pass saved.
