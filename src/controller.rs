@@ -201,7 +201,7 @@ struct Generation {
     controllers: future::JoinAll<future::BoxFuture<'static, ()>>,
     /// The watches' drivers, the collector and housekeeping: aborted when it ends.
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// The sizes of its resource caches.
+    /// The sizes of its caches: the resources and their managed Secrets.
     sizes: Vec<CacheSize>,
 }
 
@@ -218,7 +218,8 @@ impl Generation {
         for scope in &scopes.watches {
             let secrets =
                 crate::secret_watch::start(ctx.clone(), scope.as_deref(), scopes.only.clone());
-            secret_caches.push((secrets.store.clone(), secrets.listed.clone()));
+            secret_caches.push((secrets.store.clone(), secrets.size.listed.clone()));
+            sizes.push(secrets.size);
             tasks.push(secrets.driver);
             let vault = controller_for::<VaultSecret>(
                 ctx.clone(),

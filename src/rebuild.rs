@@ -5,8 +5,10 @@
 //! they grew to when their entries go, and nothing outside can shrink them. After 5,000
 //! resources came and went they held about 5 MiB (`make bench-tenants`, heap profile),
 //! for good. So once a generation of controllers caches a quarter or less of the most
-//! resources it cached, that most was at least [`FLOOR`], it is at least [`MIN_AGE`]
-//! old, and the count has held still for [`SETTLE`] (a deletion under way ends first), the
+//! objects it cached (resources and their managed Secrets, which Kubernetes' garbage
+//! collector deletes after them), that most was at least [`FLOOR`], it is at least
+//! [`MIN_AGE`] old, and the count has held still for [`SETTLE`] (a deletion under way
+//! ends first), the
 //! controllers are stopped gracefully (reconciles in flight finish first, so no
 //! resource is reconciled twice at once) and a new generation starts: one relist per
 //! watch, and the resume logic of a restart (`sync::schedule::resume_delay`) keeps settled
@@ -22,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use kube::runtime::watcher;
 
-/// The fewest resources a generation must have cached before shrinking triggers a rebuild.
+/// The fewest objects (resources and managed Secrets) a generation must have cached before
+/// shrinking triggers a rebuild.
 pub const FLOOR: usize = 1_000;
 
 /// The youngest a generation may be when it is rebuilt: a tenant who creates and deletes
@@ -39,7 +42,9 @@ const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How long the count must hold still, once shrunk, before a rebuild. A mass deletion
 /// passes a quarter of the peak while still under way: rebuilding then had the new
 /// generation relist the thousand resources still going, and its caches kept their
-/// capacity (`make bench-tenants`, heap profile: 8 MiB in the new caches, +40% RSS).
+/// capacity (`make bench-tenants`, heap profile: 8 MiB in the new caches, +40% RSS). The
+/// same held for their Secrets, which the garbage collector deletes after them: counted
+/// too, they hold the rebuild back until they are gone.
 const SETTLE: Duration = Duration::from_secs(10);
 
 /// The longest a shrunk generation waits for its count to hold still: resources that

@@ -34,8 +34,9 @@ pub struct SecretWatch {
     pub store: Store<PartialObjectMeta<Secret>>,
     pub vault: SecretEvents,
     pub azure: SecretEvents,
-    /// Whether the cache has its first complete listing.
-    pub listed: crate::rebuild::Listed,
+    /// The cache's size and whether it has its first complete listing: a generation is
+    /// rebuilt only once its Secrets are gone too (`crate::rebuild`).
+    pub size: crate::rebuild::CacheSize,
     /// Drives the watch; aborted at shutdown.
     pub driver: tokio::task::JoinHandle<()>,
 }
@@ -91,13 +92,16 @@ pub fn start(
     let config =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let (store, writer) = reflector::store();
-    let listed = crate::rebuild::Listed::default();
+    let size = {
+        let counted = store.clone();
+        crate::rebuild::CacheSize::new(move || counted.len())
+    };
     let events = crate::scope::filter(watcher(api, config).default_backoff(), only)
         .modify(trim_secret)
         .reflect(writer)
         .inspect({
-            let listed = listed.clone();
-            move |event| listed.observe(event)
+            let size = size.clone();
+            move |event| size.observe(event)
         });
     let (vault_tx, vault_rx) = mpsc::unbounded();
     let (azure_tx, azure_rx) = mpsc::unbounded();
@@ -147,7 +151,7 @@ pub fn start(
     });
     SecretWatch {
         store,
-        listed,
+        size,
         vault: vault_rx.map(Ok).boxed(),
         azure: azure_rx.map(Ok).boxed(),
         driver,

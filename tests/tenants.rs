@@ -674,7 +674,8 @@ async fn when_most_resources_go_the_controllers_are_rebuilt_and_the_rest_are_not
     )
     .await
     .expect("seed");
-    // Nine resources make the peak; a floor of eight lets two left over trigger a rebuild.
+    // Nine resources and their Secrets make a peak of 18; a floor of eight lets the two
+    // left over (four objects) trigger a rebuild once the other Secrets are gone.
     let op = Operator::start_with(
         &ns,
         e2e::OperatorOptions::default().env(vaultsync::rebuild::FLOOR_ENV, "8"),
