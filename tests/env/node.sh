@@ -481,10 +481,12 @@ make_bridge() {
 }
 
 # proxy NAME LISTEN_IP:PORT TARGET_PORT: a TCP proxy from a bridge address to 127.0.0.1.
+# socat's listen backlog is 5 unless told: pods of several tests connecting at once
+# could find it full.
 proxy() {
   local name=$1 listen=$2 target=$3
   start_bg "$STATE/proxy-$name.pid" "$STATE/proxy-$name.log" \
-    socat "TCP-LISTEN:${listen#*:},bind=${listen%:*},fork,reuseaddr" "TCP:127.0.0.1:$target"
+    socat "TCP-LISTEN:${listen#*:},bind=${listen%:*},fork,reuseaddr,backlog=128" "TCP:127.0.0.1:$target"
   wait_for node 10 bash -c "exec 3<>/dev/tcp/${listen%:*}/${listen#*:}" ||
     fail "proxy $name" "$STATE/proxy-$name.log" "socat did not listen on $listen"
 }
