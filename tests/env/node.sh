@@ -473,8 +473,12 @@ start_scheduler() {
 
 # The bridge, made before the first pod so it carries the machine's addresses for pods:
 # $HOST_IP/24 (pods' neighbour) and $APISERVER_SERVICE_IP/32 (the `kubernetes` Service).
+# Its MAC address is fixed: left to itself, a bridge takes the lowest MAC of its ports, so
+# it changed when a pod's veth came or went, and a pod that had just learnt the old one
+# could not reach $HOST_IP until its neighbour entry expired (CI: a pod's connections to
+# the Key Vault proxy timed out for ~18 s while other tests' pods were deleted).
 make_bridge() {
-  ip link add "$BRIDGE" type bridge
+  ip link add "$BRIDGE" address 02:76:73:62:72:30 type bridge
   ip addr add "$HOST_IP/24" dev "$BRIDGE"
   ip addr add "$APISERVER_SERVICE_IP/32" dev "$BRIDGE"
   ip link set "$BRIDGE" up
