@@ -7,16 +7,15 @@
 //! for good. So once a generation of controllers caches a quarter or less of the most
 //! objects it cached (resources and their managed Secrets, which Kubernetes' garbage
 //! collector deletes after them), that most was at least [`FLOOR`], it is at least
-//! [`MIN_AGE`] old, and the count has held still for [`SETTLE`] (a deletion under way
-//! ends first), the
-//! controllers are stopped gracefully (reconciles in flight finish first, so no
-//! resource is reconciled twice at once) and a new generation starts: one relist per
+//! [`MIN_AGE`] old, and the count has held still for [`SETTLE`] (a deletion under way ends
+//! first), the controllers are stopped gracefully (reconciles in flight finish first, so
+//! no resource is reconciled twice at once) and a new generation starts: one relist per
 //! watch, and the resume logic of a restart (`sync::schedule::resume_delay`) keeps settled
 //! copies to their refresh time. What outlives a generation (Vault tokens, failure counts,
 //! the operator's record of its writes) stays in `Context`. Below the floor the capacity
 //! is too small to pay for the relist; and a tenant who wants rebuilds must create three
-//! times what everyone else has and delete it, which costs the operator more than the
-//! rebuild does.
+//! times what everyone else has (resources, or Secrets it labels as managed in its own
+//! namespace) and delete it, which costs the operator more than the rebuild does.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
